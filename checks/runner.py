@@ -1,0 +1,64 @@
+"""Runs the checks in this process against a class, for the notebook and for the command line's worker."""
+from __future__ import annotations
+
+import torch
+
+from checks.probe import Mistake, Unusable, describe, smoke
+from checks.report import CheckFailed, Result, table
+from checks.sanity import CHECKS
+
+
+def run_one(number: int, cls, **given) -> Result:
+    """Run check `number` on `cls` and say what it found; the global RNG state is left as it was.
+
+    `given` goes to the check itself (check 3 takes the notebook's trained layer and its snapshot)."""
+    name, fn = CHECKS[number]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(number)
+        try:
+            return Result(number, name, True, fn(cls, **given))
+        except Unusable:
+            raise
+        except Mistake as m:
+            return Result(number, name, False, m.message, m.hint)
+        except (Exception, SystemExit) as exc:  # learner code failing where no check foresaw
+            return Result(number, name, False, f"your layer raised {describe(exc)}")
+
+
+def evaluate(cls, on_start=None) -> list[Result]:
+    """Every check in order; raises Unusable when the layer cannot even be built and run once."""
+    smoke(cls)
+    results = []
+    for number in CHECKS:
+        if on_start:
+            on_start(number)
+        results.append(run_one(number, cls))
+    return results
+
+
+def _unusable_text(u: Unusable) -> str:
+    return f"LoRALinear cannot be used yet: {u.message}" + (f"\n    hint: {u.hint}" if u.hint else "")
+
+
+def check(number: int, LoRALinear, **given) -> None:
+    """Notebook view of one check: prints ✓ and the finding, or raises CheckFailed with message and hint."""
+    try:
+        smoke(LoRALinear)
+    except Unusable as u:
+        raise CheckFailed(_unusable_text(u)) from None
+    result = run_one(number, LoRALinear, **given)
+    if not result.passed:
+        raise CheckFailed(result.line(), (result,))
+    print(result.line())
+
+
+def run_all(LoRALinear) -> None:
+    """Notebook view of every check: prints the table, and raises CheckFailed if any check failed."""
+    try:
+        results = evaluate(LoRALinear)
+    except Unusable as u:
+        raise CheckFailed(_unusable_text(u)) from None
+    text = table(results)
+    if not all(r.passed for r in results):
+        raise CheckFailed("\n" + text, tuple(results))
+    print(text)

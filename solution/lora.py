@@ -1,0 +1,32 @@
+"""The reference LoRALinear: LoRA's method (Hu et al., 2021, arXiv:2106.09685, §4.1) in one screen."""
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: h = x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ.
+
+    merged_weight() returns a new (out, in) tensor and never writes into base, so calling it twice is safe.
+    """
+
+    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
+        super().__init__()
+        self.in_features, self.out_features, self.r = in_features, out_features, r
+        # α/r keeps the update's size steady when r changes, so the learning rate need not be re-tuned (§4.1).
+        self.scaling = alpha / r
+        self.base = nn.Linear(in_features, out_features, bias=bias)  # W0  # (out, in), the "pretrained" layer
+        # Frozen: no gradients and no optimizer state for W0, which is where the memory saving comes from (§4.2).
+        self.base.requires_grad_(False)
+        # A random (Gaussian, §4.1) and B zero, so ΔW = BA = 0 and training starts exactly at the pretrained model.
+        self.A = nn.Parameter(torch.randn(r, in_features) / r)  # (r, in)
+        self.B = nn.Parameter(torch.zeros(out_features, r))  # (out, r)
+
+    def forward(self, x):  # x: (..., in)
+        # Down to rank r first, then back up: the dense (out, in) ΔW is never built (that would cost what W0 costs).
+        down = x @ self.A.T  # (..., r)
+        return self.base(x) + self.scaling * (down @ self.B.T)  # (..., out)
+
+    @torch.no_grad()
+    def merged_weight(self):
+        """W0 + (α/r)·BA  # (out, in): one matrix, so inference costs exactly what nn.Linear costs (§4.1)."""
+        return self.base.weight + self.scaling * (self.B @ self.A)
