@@ -165,11 +165,13 @@ class ToyRun:
 
     layer: nn.Module
     snapshot: list  # clones of base.weight and base.bias, taken before the first step
-    losses: list
+    losses: list  # training loss at each step
+    start_loss: float  # on a held-out batch in eval mode (no dropout), before and after training
+    end_loss: float
 
 
 @functools.lru_cache(maxsize=4)  # checks 3 and 9 share one run per class
-def toy_run(cls, steps: int = 150) -> ToyRun:
+def toy_run(cls, steps: int = 200) -> ToyRun:
     """Train a fresh LoRALinear(16, 12, r=2, alpha=4) with Adam on what requires grad, as the notebook does."""
     torch.manual_seed(0)
     layer = make(cls, 16, 12, r=2, alpha=4)
@@ -182,18 +184,25 @@ def toy_run(cls, steps: int = 150) -> ToyRun:
     if not trainable:
         raise Mistake("the layer has no trainable parameters, so nothing can learn",
                       "A and B must be nn.Parameter with requires_grad=True")
-    opt = Adam(trainable, lr=1e-2)
-    losses = []
+    x_held = torch.randn(256, 16)
+
+    def held_out_loss() -> float:  # eval mode: LoRA dropout would add noise that is not a fitting error
+        layer.eval()
+        with torch.no_grad():
+            loss = F.mse_loss(forward(layer, x_held), x_held @ teacher.T + bias).item()
+        layer.train()
+        return loss
+
+    start, opt, losses = held_out_loss(), Adam(trainable, lr=1e-2), []
     for _ in range(steps):
         x = torch.randn(64, 16)
         loss = F.mse_loss(forward(layer, x), x @ teacher.T + bias)
-        opt.zero_grad()
-        try:
-            loss.backward()
-        except RuntimeError as exc:
-            raise Mistake(f"loss.backward() failed: {exc}",
+        if not loss.requires_grad:
+            raise Mistake("the toy loss carries no gradient, so training cannot start",
                           "the low-rank path must stay in the autograd graph: no .detach() or torch.no_grad() "
-                          "in forward") from exc
+                          "in forward")
+        opt.zero_grad()
+        loss.backward()
         opt.step()
         losses.append(loss.item())
-    return ToyRun(layer, snapshot, losses)
+    return ToyRun(layer, snapshot, losses, start, held_out_loss())

@@ -1,6 +1,8 @@
 """Runs the checks in this process against a class, for the notebook and for the command line's worker."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from checks.probe import Mistake, Unusable, describe, smoke
@@ -8,12 +10,28 @@ from checks.report import CheckFailed, Result, table
 from checks.sanity import CHECKS
 
 
+def _smoke(cls) -> None:
+    with torch.random.fork_rng(devices=[]):
+        smoke(cls)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The checks' tensors are tiny: a second thread only adds contention on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_one(number: int, cls, **given) -> Result:
     """Run check `number` on `cls` and say what it found; the global RNG state is left as it was.
 
     `given` goes to the check itself (check 3 takes the notebook's trained layer and its snapshot)."""
     name, fn = CHECKS[number]
-    with torch.random.fork_rng(devices=[]):
+    with one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(number)
         try:
             return Result(number, name, True, fn(cls, **given))
@@ -27,7 +45,7 @@ def run_one(number: int, cls, **given) -> Result:
 
 def evaluate(cls, on_start=None) -> list[Result]:
     """Every check in order; raises Unusable when the layer cannot even be built and run once."""
-    smoke(cls)
+    _smoke(cls)
     results = []
     for number in CHECKS:
         if on_start:
@@ -43,7 +61,7 @@ def _unusable_text(u: Unusable) -> str:
 def check(number: int, LoRALinear, **given) -> None:
     """Notebook view of one check: prints ✓ and the finding, or raises CheckFailed with message and hint."""
     try:
-        smoke(LoRALinear)
+        _smoke(LoRALinear)
     except Unusable as u:
         raise CheckFailed(_unusable_text(u)) from None
     result = run_one(number, LoRALinear, **given)

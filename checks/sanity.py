@@ -175,8 +175,12 @@ def gradients_flow(cls) -> str:
     layer = make(cls, 10, 6, r=2, alpha=4)
     p = parts(layer)
     x, target = _randn(8, 10), _randn(8, 6)
+    out = forward(layer, x)
+    if not out.requires_grad:
+        raise Mistake("the output carries no gradient at all: the low-rank path is cut off from autograd",
+                      "do not .detach() the low-rank path or compute it under torch.no_grad()")
     try:
-        F.mse_loss(forward(layer, x), target).backward()
+        F.mse_loss(out, target).backward()
     except RuntimeError as exc:
         raise Mistake(f"backward failed: {exc}", "A and B must be trainable and used in forward") from exc
     if p.B.grad is None:
@@ -202,7 +206,7 @@ def gradients_flow(cls) -> str:
 
 @check(7, "forward matches the LoRA formula")
 def formula(cls) -> str:
-    for n_in, n_out, r, alpha, bias in ((12, 8, 4, 8, True), (9, 5, 3, 8, True), (6, 10, 2, 3, False),
+    for n_in, n_out, r, alpha, bias in ((12, 8, 4, 8, True), (9, 5, 3, 7, True), (6, 10, 2, 3, False),
                                         (5, 7, 1, 2, True)):
         layer = make(cls, n_in, n_out, r=r, alpha=alpha, bias=bias)
         layer.eval()
@@ -257,11 +261,12 @@ def paper_init(cls) -> str:
 @check(9, "loss falls on the toy task")
 def loss_falls(cls) -> str:
     run = toy_run(cls)
-    first, last = run.losses[0], min(run.losses[-10:])
-    if not last <= 0.05 * first:
-        raise Mistake(f"after {len(run.losses)} Adam steps the loss went from {first:.3g} to {last:.3g}, "
-                      "not below 5% of where it started", "check that forward uses A and B and that they train")
-    return f"loss fell below 5% of its start in {len(run.losses)} Adam steps on a rank-2 teacher"
+    # A quarter, not ~0: LoRA dropout (a correct choice) leaves a noisy fit after a short run.
+    if not run.end_loss <= 0.25 * run.start_loss:
+        raise Mistake(f"after {len(run.losses)} Adam steps the held-out loss went from {run.start_loss:.3g} to "
+                      f"{run.end_loss:.3g}, not below a quarter of where it started",
+                      "check that forward uses A and B, that both train, and that A starts random")
+    return f"held-out loss fell below a quarter of its start in {len(run.losses)} Adam steps (rank-2 teacher)"
 
 
 class _MadeTensors(TorchFunctionMode):

@@ -1,0 +1,94 @@
+"""The checks in process: every broken layer is caught by its check, every correct variant passes."""
+import pytest
+import torch
+
+import checks
+from checks.probe import Adam
+from checks.runner import evaluate
+from solution import LoRALinear
+from tests import correct_layers, mistakes
+
+
+def failing_ids(cls) -> set[int]:
+    return {r.id for r in evaluate(cls) if not r.passed}
+
+
+def test_reference_solution_passes_every_check():
+    assert failing_ids(LoRALinear) == set()
+
+
+@pytest.mark.parametrize("name", sorted(mistakes.CAUGHT_BY))
+def test_each_mistake_is_caught_by_its_check(name):
+    results = {r.id: r for r in evaluate(getattr(mistakes, name))}
+    caught = results[mistakes.CAUGHT_BY[name]]
+    assert not caught.passed, f"check {caught.id} let {name} through: {caught.message}"
+    assert caught.hint, f"check {caught.id} names no fix for {name}"
+
+
+def test_catalogue_is_large_enough():
+    assert len(mistakes.CAUGHT_BY) >= 20
+
+
+@pytest.mark.parametrize("cls", correct_layers.CORRECT, ids=lambda c: c.__name__)
+def test_correct_variants_pass_every_check(cls):
+    failures = [r.line() for r in evaluate(cls) if not r.passed]
+    assert failures == []
+
+
+def test_notebook_view_raises_check_failed_with_message_and_hint(capsys):
+    with pytest.raises(checks.CheckFailed) as raised:
+        checks.check_2(mistakes.BRandomInit)
+    text = str(raised.value)
+    assert "check 2" in text and "B is not zero" in text and "hint: initialise B" in text
+    assert raised.value._render_traceback_() == [f"CheckFailed: {text}"]
+
+
+def test_notebook_view_prints_a_pass(capsys):
+    checks.check_4(LoRALinear)
+    assert capsys.readouterr().out.startswith("✓ check 4 · shapes")
+
+
+def test_run_all_raises_on_any_failure_and_lists_all_checks():
+    with pytest.raises(checks.CheckFailed) as raised:
+        checks.run_all(mistakes.DenseDeltaInForward)
+    assert "✗ check 10" in str(raised.value) and "10 of 11 checks passed" in str(raised.value)
+
+
+def test_unfilled_stub_is_named_as_such():
+    class Stub(torch.nn.Module):
+        def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
+            super().__init__()
+            raise NotImplementedError("Part 3: write LoRALinear.__init__")
+
+    with pytest.raises(checks.CheckFailed, match="stub is not filled in yet"):
+        checks.check_1(Stub)
+
+
+def test_check_3_flags_a_notebook_run_that_moved_the_base():
+    layer = LoRALinear(6, 4)
+    snapshot = layer.base.weight.detach().clone()
+    with torch.no_grad():
+        layer.base.weight.add_(0.1)
+    with pytest.raises(checks.CheckFailed, match="your toy run moved base.weight"):
+        checks.check_3(LoRALinear, trained=layer, snapshot=snapshot)
+
+
+def test_checks_leave_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    evaluate(LoRALinear)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checks_own_adam_follows_torch_optim_adam():
+    torch.manual_seed(0)
+    ours, theirs = torch.randn(5, requires_grad=True), None
+    theirs = ours.detach().clone().requires_grad_(True)
+    opt_ours, opt_theirs = Adam([ours], lr=1e-2), torch.optim.Adam([theirs], lr=1e-2)
+    for step in range(5):
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            ((p - step) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours, theirs)

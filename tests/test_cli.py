@@ -1,0 +1,169 @@
+"""`python -m checks FILE`: exit codes, JSON and JUnit output, and hostile or broken learner files."""
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import nbformat
+import pytest
+
+from tests import mistakes
+from tests.conftest import ROOT, failing, import_as_layer, run_checks, run_json
+
+# A learner's correct file, written out (not read from solution/, whose forward may be tuned for speed).
+CORRECT = """
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
+        super().__init__()
+        self.in_features, self.out_features, self.r, self.scaling = in_features, out_features, r, alpha / r
+        self.base = nn.Linear(in_features, out_features, bias=bias)
+        self.base.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(r, in_features) / r)  # (r, in)
+        self.B = nn.Parameter(torch.zeros(out_features, r))  # (out, r)
+
+    def forward(self, x):
+        down = x @ self.A.T
+        return self.base(x) + self.scaling * (down @ self.B.T)
+
+    def merged_weight(self):
+        return self.base.weight + self.scaling * (self.B @ self.A)
+"""
+# B starting random: the drill's classic mistake.
+B_RANDOM = CORRECT.replace("torch.zeros(out_features, r)", "torch.randn(out_features, r)")
+
+
+@pytest.mark.parametrize("case", sorted(["syntax_error", "constructor_raises", "forward_raises",
+                                          "forward_returns_none", "exits_in_forward", "missing_attribute_A"]))
+def test_each_hostile_case_really_breaks_the_correct_file(case):
+    assert HOSTILE[case][0] != CORRECT
+
+
+def test_reference_solution_passes_with_exit_0():
+    done = run_checks(ROOT / "solution" / "lora.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "11 of 11 checks passed." in done.stdout
+
+
+def test_b_starting_random_fails_with_exit_1_naming_check_2(learner_file):
+    assert B_RANDOM != CORRECT
+    code, report = run_json(learner_file(B_RANDOM))
+    assert code == 1 and report["passed"] is False
+    check_2 = next(c for c in report["checks"] if c["id"] == 2)
+    assert not check_2["passed"] and "B is not zero" in check_2["message"] and check_2["hint"]
+
+
+def test_json_has_the_contracts_keys(learner_file):
+    code, report = run_json(learner_file(CORRECT))
+    assert code == 0 and report["passed"] is True
+    assert [c["id"] for c in report["checks"]] == list(range(1, 12))
+    assert all({"id", "name", "passed", "message"} <= set(c) for c in report["checks"])
+
+
+@pytest.mark.parametrize("name", sorted(mistakes.CAUGHT_BY))
+def test_command_line_fails_each_catalogued_mistake(learner_file, name):
+    code, report = run_json(learner_file(import_as_layer("tests.mistakes", name)))
+    assert code == 1
+    expected = mistakes.CAUGHT_BY[name]
+    assert expected in failing(report)
+    caught = next(c for c in report["checks"] if c["id"] == expected)
+    assert caught["hint"]
+
+
+def test_junit_file_lists_each_check_and_its_failures(learner_file, tmp_path):
+    xml_path = tmp_path / "report.xml"
+    done = run_checks(learner_file(B_RANDOM), "--junit", xml_path)
+    assert done.returncode == 1
+    suite = ET.parse(xml_path).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == 11
+    failed = [c.get("name") for c in cases if c.find("failure") is not None]
+    assert "check 2: output equals the base at init" in failed
+    assert suite.get("failures") == str(len(failed))
+
+
+# --- hostile and broken input: a clear message, exit 1 or 2, no traceback unless --verbose ---------------------
+HOSTILE = {
+    "syntax_error": ("class LoRALinear(nn.Module)\n    pass\n", 2, "SyntaxError"),
+    "no_class": ("import torch\nX = 1\n", 2, "does not define a class named LoRALinear"),
+    "misspelled_class": ("from torch import nn\nclass LoraLinear(nn.Module):\n    pass\n", 2, "rename LoraLinear to LoRALinear"),
+    "constructor_raises": (CORRECT.replace("super().__init__()", "super().__init__()\n        raise ValueError('bad rank')"),
+                           2, "ValueError: bad rank"),
+    "forward_raises": (CORRECT.replace("down = x @ self.A.T", "down = x @ self.A"), 2, "forward on an input of shape"),
+    "forward_returns_none": (CORRECT.replace("return self.base(x) + self.scaling", "self.base(x) + self.scaling"),
+                             2, "forward returned None"),
+    "wrong_output_shape": (CORRECT.replace("return self.base(x) +", "return torch.zeros(1) + self.base(x).sum() +"),
+                           1, "check 4"),
+    "nan_output": (CORRECT.replace("return self.base(x) +", "return float('nan') + self.base(x) +"), 1, "check 2"),
+    "missing_attribute_A": (CORRECT.replace("self.A = nn.Parameter", "self.down = nn.Parameter").replace("self.A", "self.down"),
+                            1, "no attribute 'A'"),
+    "exits_while_loading": ("import sys\nsys.exit(0)\n", 2, "called sys.exit(0)"),
+    "exits_in_forward": (CORRECT.replace("down = x @ self.A.T", "import sys; sys.exit(0)"), 2, "exit code 0"),
+    "kills_process": (CORRECT + "\nimport os\nos._exit(0)\n", 2, "ended while the file was loading"),
+    "patches_torch_to_fake_a_pass": (B_RANDOM + "\ntorch.allclose = lambda *a, **k: True\n"
+                                     "torch.equal = lambda *a, **k: True\n", 1, "B is not zero"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_input_gets_a_clear_message_and_exit_code(learner_file, case):
+    source, code, words = HOSTILE[case]
+    path = learner_file(source)
+    done = run_checks(path, "--timeout", "30")
+    assert done.returncode == code, done.stdout + done.stderr
+    assert words in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert path.read_text() == source  # the learner's file is never changed
+    assert sorted(p.name for p in path.parent.iterdir()) == ["layer.py"]  # and nothing is written beside it
+
+
+def test_forward_that_never_returns_is_stopped_by_the_time_limit(learner_file):
+    path = learner_file(CORRECT.replace("down = x @ self.A.T", "while True: pass"))
+    done = run_checks(path, "--timeout", "8")
+    assert done.returncode in (1, 2)
+    assert "did not finish within 8 s" in done.stdout
+
+
+def test_verbose_shows_the_traceback_and_the_files_output(learner_file):
+    path = learner_file("print('hello from the learner')\n" + HOSTILE["constructor_raises"][0])
+    quiet, loud = run_checks(path), run_checks(path, "--verbose")
+    assert "hello from the learner" not in quiet.stdout and "Traceback" not in quiet.stdout
+    assert "hello from the learner" in loud.stdout and "Traceback" in loud.stdout
+
+
+def test_notebook_that_is_not_json_gets_exit_2(learner_file):
+    done = run_checks(learner_file('{"cells": [', "broken.ipynb"))
+    assert done.returncode == 2 and "is not a valid notebook" in done.stdout
+
+
+def test_shipped_notebook_is_reported_as_an_unfilled_stub():
+    done = run_checks(ROOT / "lora_mock.ipynb")
+    assert done.returncode == 2 and "stub is not filled in yet" in done.stdout
+
+
+def test_notebook_with_the_solution_in_its_stub_cell_passes(tmp_path):
+    nb = nbformat.read(ROOT / "lora_mock.ipynb", as_version=4)
+    stub = next(c for c in nb.cells if "lora-stub" in c.metadata.get("tags", []))
+    stub.source = CORRECT
+    path = tmp_path / "learner.ipynb"
+    nbformat.write(nb, path)
+    done = run_checks(path)
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize("args, words", [((), "the following arguments are required"),
+                                         (("missing.py",), "does not exist"),
+                                         (("README.md",), "neither a .py file nor a notebook"),
+                                         (("solution/lora.py", "--timeout", "0"), "--timeout must be")])
+def test_usage_errors_exit_2(args, words):
+    done = run_checks(*args)
+    assert done.returncode == 2 and words in done.stdout + done.stderr
+
+
+def test_command_line_parent_does_not_import_torch():
+    probe = "import sys, checks.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

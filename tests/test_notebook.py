@@ -1,0 +1,115 @@
+"""lora_mock.ipynb executed end to end: as shipped, with a learner's correct layer, with a broken one, and as
+Colab would see it (the notebook alone, in an empty folder, in a fresh environment without the kit)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from tests.conftest import ROOT
+from tests.test_cli import B_RANDOM, CORRECT
+
+NOTEBOOK = ROOT / "lora_mock.ipynb"
+
+
+def with_stub(source: str | None = None):
+    """The shipped notebook, its stub cell replaced by `source` when given."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    if source is not None:
+        stub = next(c for c in nb.cells if "lora-stub" in c.metadata.get("tags", []))
+        stub.source = source
+    return nb
+
+
+def execute(nb, monkeypatch):
+    """Run the notebook in a fresh kernel as a learner would: the instructor swap off."""
+    monkeypatch.delenv("LORA_DRILL_SOLUTION", raising=False)  # the kernel inherits this process's environment
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+
+
+def error_cell(nb):
+    return next(c for c in nb.cells if any(o.output_type == "error" for o in c.get("outputs", [])))
+
+
+def test_shipped_notebook_stops_at_the_stub(monkeypatch):
+    nb = with_stub()
+    with pytest.raises(CellExecutionError) as raised:
+        execute(nb, monkeypatch)
+    assert raised.value.ename == "NotImplementedError"
+    assert "toy-task" in error_cell(nb).metadata.get("tags", [])  # the first cell that builds a layer
+
+
+def test_a_learners_correct_layer_runs_clean(monkeypatch):
+    nb = with_stub(CORRECT)
+    execute(nb, monkeypatch)
+    summary = next(c for c in nb.cells if c.source.strip() == "checks.run_all(LoRALinear)")
+    assert "11 of 11 checks passed." in summary.outputs[0].text
+
+
+def test_a_broken_layer_stops_at_the_check_that_catches_it(monkeypatch):
+    nb = with_stub(B_RANDOM)
+    with pytest.raises(CellExecutionError) as raised:
+        execute(nb, monkeypatch)
+    assert raised.value.ename == "CheckFailed"
+    assert error_cell(nb).source.strip() == "checks.check_2(LoRALinear)"
+    assert "B is not zero" in raised.value.evalue
+
+
+def _environment_without_the_kit(where: Path) -> Path:
+    """A fresh venv that sees this environment's packages (torch, ipykernel, …) but not lora-drill itself.
+
+    Installing torch again would cost minutes, so the venv gets a folder of links to this environment's
+    site-packages, minus everything the lora-drill distribution installed."""
+    venv.EnvBuilder(with_pip=True).create(where / "venv")
+    python = where / "venv" / "bin" / "python"
+    shared = where / "shared-site-packages"
+    shared.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        ours = "lora_drill" in entry.name.lower().replace("-", "_") or entry.name in ("checks", "solution")
+        if not ours and entry.suffix != ".pth":  # .pth: an editable install's path hook among them
+            (shared / entry.name).symlink_to(entry)
+    target = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    Path(target, "shared.pth").write_text(f"{shared}\n")
+    return python
+
+
+RUN_NOTEBOOK = """
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+summary = next(c for c in nb.cells if c.source.strip() == "checks.run_all(LoRALinear)")
+print(summary.outputs[0].text)
+"""
+
+
+def test_colab_path_installs_the_kit_from_the_marked_source(tmp_path):
+    python = _environment_without_the_kit(tmp_path)
+    plain = subprocess.run([python, "-c", "import checks"], cwd=tmp_path, capture_output=True, text=True)
+    assert plain.returncode != 0, "the fresh environment must not see the kit before the notebook installs it"
+    # The install source: a copy of this checkout, as Colab would fetch the repository.
+    source = tmp_path / "kit"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", "build"))
+    alone = tmp_path / "upload"  # Colab: the notebook alone, nothing beside it
+    alone.mkdir()
+    shutil.copy(NOTEBOOK, alone / NOTEBOOK.name)
+    env = {**os.environ, "LORA_DRILL_SOURCE": str(source), "LORA_DRILL_SOLUTION": "1",
+           "JUPYTER_PATH": str(tmp_path / "no-kernelspecs"), "PYTHONPATH": ""}
+    done = subprocess.run([python, "-c", RUN_NOTEBOOK, NOTEBOOK.name], cwd=alone, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "11 of 11 checks passed." in done.stdout
+    assert sorted(p.name for p in alone.iterdir()) == [NOTEBOOK.name]
+    installed = subprocess.run([python, "-c", "import checks; print(checks.__file__)"], cwd=tmp_path,
+                               capture_output=True, text=True)
+    assert str(tmp_path / "venv") in installed.stdout  # installed into the fresh environment, not found elsewhere
