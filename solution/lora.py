@@ -6,7 +6,8 @@ from torch import nn
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update: h = x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ.
 
-    merged_weight() returns a new (out, in) tensor and never writes into base, so calling it twice is safe.
+    forward fuses the scale-and-add; forward_plain is the same h written as the formula reads (equal up to float
+    rounding, tested). merged_weight() returns a new (out, in) tensor and never writes into base: safe to call twice.
     """
 
     def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
@@ -22,9 +23,19 @@ class LoRALinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(out_features, r))  # (out, r)
 
     def forward(self, x):  # x: (..., in)
+        rows = x.reshape(-1, self.in_features)  # (n, in): leading dims flattened, as a matrix multiply-add needs
+        h = self.base(rows)  # (n, out), a fresh tensor we may write into
         # Down to rank r first, then back up: the dense (out, in) ΔW is never built (that would cost what W0 costs).
-        down = x @ self.A.T  # (..., r)
-        return self.base(x) + self.scaling * (down @ self.B.T)  # (..., out)
+        down = rows @ self.A.T  # (n, r)
+        # h += (α/r)·down Bᵀ as one fused multiply-add (BLAS's C ← αAB + C), written into h. forward_plain instead
+        # writes three (n, out) tensors (product, scaled product, sum) and one more backward (benchmarks/layers.py).
+        # Bᵀ is copied row-major (just r·out numbers) so B's gradient is computed as downᵀ·grad, BLAS's fast layout.
+        h.addmm_(down, self.B.T.contiguous(), alpha=self.scaling)
+        return h.view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def forward_plain(self, x):  # x: (..., in)
+        """The teaching form of forward: same h, same gradients, slower (scale and add are separate passes)."""
+        return self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)  # (..., out)
 
     @torch.no_grad()
     def merged_weight(self):

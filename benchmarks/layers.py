@@ -1,0 +1,163 @@
+"""Benchmark: the reference LoRALinear against nn.Linear, its merged layer, loralib and peft (forward and step).
+
+Run from the repository root: python benchmarks/layers.py [--threads N] [--sizes 256 1024 4096]
+"""
+import argparse
+import copy
+import importlib
+
+import torch
+from torch import nn
+
+from common import clock, interleave, machine, median_ratio, table, timed
+from solution import LoRALinear
+
+ROWS, ALPHA = 1024, 16
+SIZES = {256: 15, 1024: 11, 4096: 3}  # d -> rounds; fewer at d = 4096, where one step takes over a second
+RANKS = (4, 8, 64)
+
+
+def optional(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def reference(d, r) -> LoRALinear:
+    """A reference layer with random non-zero A and B, as after some training."""
+    layer = LoRALinear(d, d, r=r, alpha=ALPHA)
+    with torch.no_grad():
+        layer.A.normal_(0, d ** -0.5)
+        layer.B.normal_(0, r ** -0.5)
+    return layer
+
+
+def linear_like(layer: LoRALinear, weight, trainable: bool) -> nn.Linear:
+    linear = nn.Linear(layer.in_features, layer.out_features)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(layer.base.bias)
+    return linear.requires_grad_(trainable)
+
+
+class Plain(nn.Module):
+    """The reference layer's teaching form, forward_plain, as a module of its own."""
+
+    def __init__(self, layer: LoRALinear):
+        super().__init__()
+        self.layer = copy.deepcopy(layer)
+
+    def forward(self, x):
+        return self.layer.forward_plain(x)
+
+
+def loralib_layer(loralib, layer: LoRALinear) -> nn.Module:
+    lib = loralib.Linear(layer.in_features, layer.out_features, r=layer.r, lora_alpha=ALPHA, merge_weights=False)
+    with torch.no_grad():
+        for theirs, ours in ((lib.weight, layer.base.weight), (lib.bias, layer.base.bias),
+                             (lib.lora_A, layer.A), (lib.lora_B, layer.B)):
+            theirs.copy_(ours)
+    loralib.mark_only_lora_as_trainable(lib)  # freezes weight and bias, as the reference layer does
+    return lib
+
+
+def peft_layer(peft, layer: LoRALinear) -> nn.Module:
+    """peft's LoRA Linear, made the way users make it: get_peft_model on a module holding an nn.Linear."""
+    holder = nn.Module()
+    holder.proj = linear_like(layer, layer.base.weight, trainable=True)
+    config = peft.LoraConfig(r=layer.r, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=["proj"])
+    lora = peft.get_peft_model(holder, config).base_model.model.proj
+    with torch.no_grad():
+        lora.lora_A["default"].weight.copy_(layer.A)
+        lora.lora_B["default"].weight.copy_(layer.B)
+    return lora
+
+
+def contenders(d, r, libraries) -> tuple:
+    """(forward modules, training modules), each name -> module; all compute the same h = x W0ᵀ + b + s·x AᵀBᵀ."""
+    layer = reference(d, r)
+    lora = {"reference": layer, "plain": Plain(layer)}
+    for name, make in (("loralib", loralib_layer), ("peft", peft_layer)):
+        if libraries[name]:
+            lora[name] = make(libraries[name], layer)
+    frozen = linear_like(layer, layer.base.weight, trainable=False)
+    merged = linear_like(layer, layer.merged_weight(), trainable=False)
+    full = linear_like(layer, layer.base.weight, trainable=True)
+    return {"nn.Linear": frozen, "merged": merged, **lora}, {"full FT": full, **lora}
+
+
+def assert_same_output(modules: dict, x):
+    """Every LoRA layer and the merged layer compute the same h, so the timings compare like with like."""
+    with torch.no_grad():
+        expected = modules["reference"](x)
+        for name, module in modules.items():
+            if name != "nn.Linear":
+                assert torch.allclose(module(x), expected, rtol=1e-4, atol=1e-4), f"{name} computes another h"
+
+
+def forward_call(module, x):
+    def call():
+        with torch.no_grad():  # inference: what the no-added-latency claim is about (§4.1)
+            module(x)
+    return call
+
+
+def step_call(module, x, grad):
+    """One training step: zero the grads, forward, backward from a fixed output gradient, AdamW step."""
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+
+    def call():
+        optimizer.zero_grad(set_to_none=True)
+        module(x).backward(grad)
+        optimizer.step()
+    return call
+
+
+def measure(d, r, rounds, threads, libraries) -> dict:
+    forward_modules, train_modules = contenders(d, r, libraries)
+    x, grad = torch.randn(ROWS, d), torch.randn(ROWS, d)
+    assert_same_output(forward_modules, x)
+    # min_run_time=0: one block per round (blocked_autorange sizes it), so the contenders alternate finely.
+    measures = {("fwd", n): timed(forward_call(m, x), threads, 0) for n, m in forward_modules.items()}
+    measures.update({("step", n): timed(step_call(m, x, grad), threads, 0) for n, m in train_modules.items()})
+    return interleave(measures, rounds)
+
+
+def row(d, r, seconds, names) -> list:
+    def ratio(kind, name, baseline):
+        return median_ratio(seconds, (kind, name), (kind, baseline)) if (kind, name) in seconds else "skipped"
+    forward = [ratio("fwd", n, "nn.Linear") for n in ["merged"] + names]
+    step = [ratio("step", n, "full FT") for n in names]
+    return [d, r, 1 + 2 * r / d, *forward, (1 + 5 * r / d) / 2, *step]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES), help="d values")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    libraries = {name: optional(name) for name in ("loralib", "peft")}
+    for name, module in libraries.items():
+        if module is None:
+            print(f"{name} is not importable: its columns are skipped (pip install -e '.[bench]')")
+    names = ["reference", "plain", "loralib", "peft"]
+    rows = [row(d, r, measure(d, r, SIZES[d], args.threads, libraries), names) for d in args.sizes for r in RANKS]
+    print(machine(args.threads))
+    print(f"{ROWS} rows, float32, α = {ALPHA}. Forward under no_grad, as a ratio to the frozen nn.Linear forward; "
+          "training step (zero_grad, forward, backward from a fixed output gradient, AdamW) as a ratio to a full "
+          "fine-tuning step of nn.Linear. Each ratio is the median over rounds (per d: "
+          + ", ".join(f"{d}: {n}" for d, n in SIZES.items()) + ") of the ratio measured within the round, all "
+          "contenders interleaved in each round; each time is a torch.utils.benchmark blocked_autorange, timed with "
+          f"{clock(args.threads).__name__}. Floors count matmul "
+          "flops only: forward 1 + 2r/d, step (1 + 5r/d)/2.\n")
+    header = ["d", "r", "fwd floor", "merged fwd", *[f"{n} fwd" for n in names],
+              "step floor", *[f"{n} step" for n in names]]
+    print(table(header, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
