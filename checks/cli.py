@@ -1,5 +1,7 @@
 """`python -m checks FILE`: run the drill's checks on the LoRALinear a .py file or notebook defines.
 
+Two subcommands for instructors, chosen by the first argument: `grade PATH...` grades a cohort's notebooks and .py
+files (checks/grade.py); `demo OUT.ipynb` writes an executed copy of the drill with the solution swapped in.
 Exit codes: 0 every check passed · 1 a check failed · 2 the file could not be loaded or used, or bad usage.
 """
 from __future__ import annotations
@@ -7,16 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from checks import report
-from checks.isolated import UNUSABLE, Outcome, check_file
+from checks.isolated import FAILED, PASSED, UNUSABLE, Outcome, check_file
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m checks",
         description="Run the LoRA drill's sanity checks on the LoRALinear defined in FILE (.py or .ipynb). "
-                    "Exit code 0: all checks passed; 1: a check failed; 2: FILE could not be loaded or used.")
+                    "Exit code 0: all checks passed; 1: a check failed; 2: FILE could not be loaded or used.",
+        epilog="Instructors: `python -m checks grade PATH...` grades a cohort; `python -m checks demo OUT.ipynb` "
+               "writes the drill executed with the reference solution. Each has its own --help.")
     p.add_argument("file", help="a .py file or a notebook that defines class LoRALinear")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML to FILE")
@@ -39,6 +44,9 @@ def render(outcome: Outcome, verbose: bool = False) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error
@@ -58,3 +66,143 @@ def main(argv=None) -> int:
         suite = report.junit_suite(outcome.results, outcome.path, "" if outcome.results else outcome.error)
         report.write_junit(args.junit, [suite])
     return outcome.exit_code
+
+
+# ------------------------------------------------------------------------------------------ python -m checks grade
+
+
+def _grade_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m checks grade",
+        description="Grade a cohort: each notebook runs top to bottom in its own kernel, on a copy in a temporary "
+                    "folder, then the checks run on the LoRALinear it defined; each .py file is checked as "
+                    "`python -m checks FILE` checks it. No input file is changed and nothing is written beside it. "
+                    "Exit code 0: every file passed; 1: a file failed or could not be graded; 2: bad usage.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="notebooks, .py files, or folders that hold them")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="time limit per file, for running the notebook and then checking it (default: 300)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="files graded at once (default: 1)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per file, instead of the table")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per file, with a column per check, to FILE")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE: a test suite per file")
+    return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv):
+    """(arguments, 0); or (None, exit code) when argparse has printed a usage error or the help."""
+    try:
+        return parser.parse_args(argv), 0
+    except SystemExit as exc:
+        return None, (UNUSABLE if exc.code else 0)
+
+
+def _report_paths_problem(args, files) -> str:
+    """Why a report file cannot be written where asked, checked before any grading starts; "" if it can."""
+    inputs = {f.resolve() for f in files}
+    for option in ("csv", "junit"):
+        target = getattr(args, option)
+        if target is None:
+            continue
+        target = Path(target)
+        if target.resolve() in inputs:
+            return f"--{option} {target} is one of the files to grade; name a new file for the report"
+        if not target.parent.is_dir():
+            return f"--{option} {target}: the folder {target.parent} does not exist; create it or name another"
+    return ""
+
+
+def _progress(done: list, total: int):
+    def show(g) -> None:
+        done.append(g)
+        verdict = "PASS" if g.passed else "FAIL"
+        print(f"[{len(done)}/{total}] {verdict} {g.path} ({g.seconds:.0f} s)", file=sys.stderr, flush=True)
+    return show
+
+
+def grade_main(argv) -> int:
+    from checks import grade  # nbclient takes half a second to import: only the subcommands pay for it
+
+    args, code = _parse(_grade_parser(), argv)
+    if args is None:
+        return code
+    if args.timeout <= 0 or args.jobs < 1:
+        wrong = f"--timeout {args.timeout:g}" if args.timeout <= 0 else f"--jobs {args.jobs}"
+        print(f"python -m checks grade: --timeout must be a positive number of seconds and --jobs at least 1; "
+              f"got {wrong}", file=sys.stderr)
+        return UNUSABLE
+    try:
+        files = grade.collect(args.paths)
+    except grade.UsageError as exc:
+        print(f"python -m checks grade: {exc}", file=sys.stderr)
+        return UNUSABLE
+    problem = _report_paths_problem(args, files)
+    if problem:
+        print(f"python -m checks grade: {problem}", file=sys.stderr)
+        return UNUSABLE
+    graded = grade.grade_all(files, args.timeout, args.jobs, on_done=_progress([], len(files)))
+    print(grade.to_json(graded) if args.json else grade.table(graded))
+    if args.csv:
+        grade.write_csv(args.csv, graded)
+    if args.junit:
+        grade.write_junit(args.junit, graded)
+    return PASSED if all(g.passed for g in graded) else FAILED
+
+
+# ------------------------------------------------------------------------------------------ python -m checks demo
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m checks demo",
+        description="Write an executed copy of lora_mock.ipynb with the reference solution swapped in to OUT "
+                    "(and OUT with .html when nbconvert is installed). lora_mock.ipynb itself is left untouched. "
+                    "Exit code 0: the notebook ran through; 1: it stopped at an error (the copy shows where); "
+                    "2: bad usage.")
+    p.add_argument("out", metavar="OUT.ipynb", help="where to write the executed notebook")
+    p.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="time limit for running the whole notebook (default: 900)")
+    return p
+
+
+def _demo_target_problem(out: Path, drill: Path) -> str:
+    if out.suffix != ".ipynb":
+        return f"{out} does not end in .ipynb; name the executed notebook like demo.ipynb"
+    if not out.parent.is_dir():
+        return f"the folder {out.parent} does not exist; create it or name another place for {out.name}"
+    if out.resolve() == drill.resolve():
+        return f"{out} is the drill itself, which the demo never overwrites; name another file"
+    if not drill.is_file():
+        return (f"the drill's notebook is not at {drill}; the demo runs from a clone of the kit "
+                "(pip install -e .)")
+    return ""
+
+
+def demo_main(argv) -> int:
+    from checks import grade
+
+    args, code = _parse(_demo_parser(), argv)
+    if args is None:
+        return code
+    out = Path(args.out)
+    problem = _demo_target_problem(out, grade.NOTEBOOK)
+    if args.timeout <= 0:
+        problem = f"--timeout must be a positive number of seconds; got {args.timeout:g}"
+    if problem:
+        print(f"python -m checks demo: {problem}", file=sys.stderr)
+        return UNUSABLE
+    try:
+        stop, written = grade.demo(out, args.timeout)
+    except ValueError as exc:  # the drill's own notebook cannot be read
+        print(f"python -m checks demo: {exc}", file=sys.stderr)
+        return UNUSABLE
+    for path in written:
+        print(f"wrote {path}")
+    if len(written) == 1:
+        print("(no HTML copy: nbconvert is not installed; `pip install nbconvert` adds one)")
+    if stop:
+        print(f"the demo notebook did not run through: {stop.message}\n  hint: {stop.hint}", file=sys.stderr)
+        return FAILED
+    return PASSED
+
+
+SUBCOMMANDS = {"grade": grade_main, "demo": demo_main}
