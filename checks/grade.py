@@ -31,7 +31,7 @@ from nbformat.reader import NotJSONError
 
 from checks import report
 from checks.drill import SWAP_VARIABLE
-from checks.isolated import KIT_ROOT, PASSED, Outcome, _outcome, _read_events, check_file
+from checks.isolated import KIT_ROOT, PASSED, Outcome, outcome_from_events, read_events, check_file
 
 NOTEBOOK = Path(KIT_ROOT, "lora_mock.ipynb")
 GRADABLE = (".ipynb", ".py")
@@ -200,30 +200,16 @@ def read_notebook(path: Path, shown: str):
 
 def check_in_kernel(namespace: dict, events_path: str) -> None:
     """Runs inside the notebook's kernel: every check on the notebook's LoRALinear, written as worker events."""
-    from checks.probe import Unusable, smoke
-    from checks.runner import run_one
-    from checks.sanity import CHECKS
+    from checks.worker import emit_checks, events_to
 
-    with open(events_path, "a", encoding="utf-8") as out:
-        def emit(event, **fields):
-            out.write(json.dumps({"event": event, **fields}) + "\n")
-            out.flush()
-
+    with events_to(events_path) as emit:
         cls = namespace.get("LoRALinear")
         problem = _not_the_learners_class(cls)
         if problem:
             emit("load_error", message=problem[0], hint=problem[1])
             return
         emit("loaded")
-        try:
-            smoke(cls)
-        except Unusable as exc:
-            emit("unusable", message=exc.message, hint=exc.hint)
-            return
-        for number, (name, _) in CHECKS.items():
-            emit("start", id=number, name=name)
-            emit("result", **asdict(run_one(number, cls)))
-        emit("done")
+        emit_checks(cls, emit)
 
 
 def _not_the_learners_class(cls) -> tuple[str, str] | None:
@@ -260,7 +246,7 @@ def _check_in_same_kernel(client, nb, shown: str, events: Path, deadline: float,
         return Outcome(shown, error=f"the checks could not run in the notebook's kernel: {exc.ename}: "
                                     f"{_first_line(exc.evalue, 120)}",
                        hint="check that the kit is installed in the Python that runs the kernel")
-    return _outcome(shown, _read_events(events), "", code, timed_out, timeout)
+    return outcome_from_events(shown, read_events(events), "", code, timed_out, timeout)
 
 
 # ---------------------------------------------------------------------------------------------- grading

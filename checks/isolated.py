@@ -37,7 +37,8 @@ class Outcome:
         return PASSED if self.results and all(r.passed for r in self.results) else FAILED
 
 
-def _read_events(path: Path) -> list[dict]:
+def read_events(path: Path) -> list[dict]:
+    """The worker's JSON lines, up to the first incomplete one."""
     events = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -68,10 +69,11 @@ def check_file(path, timeout: float = 60.0) -> Outcome:
             output = "".join(t.decode(errors="replace") if isinstance(t, bytes) else (t or "")
                              for t in (exc.stdout, exc.stderr))
             code, timed_out = None, True
-        return _outcome(path, _read_events(events_path), output, code, timed_out, timeout)
+        return outcome_from_events(path, read_events(events_path), output, code, timed_out, timeout)
 
 
-def _outcome(path, events, output, code, timed_out, timeout) -> Outcome:
+def outcome_from_events(path, events, output, code, timed_out, timeout) -> Outcome:
+    """What a worker's events (checks/worker.py) and its end (exit code, or timed out) say about one file."""
     outcome = Outcome(str(path), output=output)
     results = [Result(**{k: e[k] for k in ("id", "name", "passed", "message", "hint")})
                for e in events if e["event"] == "result"]

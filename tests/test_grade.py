@@ -19,7 +19,7 @@ from checks.report import Result
 ROOT = Path(__file__).resolve().parent.parent
 DRILL = ROOT / "lora_mock.ipynb"
 SOLUTION = (ROOT / "solution" / "lora.py").read_text(encoding="utf-8")
-HANG_LIMIT = 120  # s per file in the cohort run: several times what a correct notebook needs, and what the hang costs
+HANG_LIMIT = 60  # s per file in the cohort run: several times what a correct notebook needs, and what the hang costs
 
 # Each learner's stub cell, built on the solution so that only the named mistake differs.
 UNFROZEN_BASE = SOLUTION + """
