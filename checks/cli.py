@@ -7,7 +7,6 @@ Exit codes: 0 every check passed · 1 a check failed · 2 the file could not be 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -50,11 +50,10 @@ def call_text(in_features, out_features, r, alpha, bias) -> str:
     return f"LoRALinear({in_features}, {out_features}, r={r}, alpha={alpha}, bias={bias})"
 
 
-def make(cls, in_features, out_features, r=4, alpha=8, bias=True) -> nn.Module:
-    """A fresh layer, or a Mistake that names the call that failed."""
-    call = call_text(in_features, out_features, r, alpha, bias)
+def _build(cls, call: str, *args, **kwargs) -> nn.Module:
+    """cls(*args, **kwargs), or a Mistake naming `call` (Unusable when the stub is still unfilled)."""
     try:
-        layer = cls(in_features, out_features, r=r, alpha=alpha, bias=bias)
+        layer = cls(*args, **kwargs)
     except NotImplementedError as exc:
         raise Unusable(f"{call} raised NotImplementedError: the LoRALinear stub is not filled in yet",
                        "write __init__ and forward in the stub cell (Part 3), run it, then run the checks again") from exc
@@ -64,6 +63,12 @@ def make(cls, in_features, out_features, r=4, alpha=8, bias=True) -> nn.Module:
     if not isinstance(layer, nn.Module):
         raise Mistake(f"{call} made a {type(layer).__name__}, not an nn.Module", "subclass torch.nn.Module")
     return layer
+
+
+def make(cls, in_features, out_features, r=4, alpha=8, bias=True) -> nn.Module:
+    """A fresh layer, or a Mistake that names the call that failed."""
+    return _build(cls, call_text(in_features, out_features, r, alpha, bias),
+                  in_features, out_features, r=r, alpha=alpha, bias=bias)
 
 
 @dataclass
@@ -112,18 +117,9 @@ def forward(layer, x: torch.Tensor) -> torch.Tensor:
 
 
 def smoke(cls) -> None:
-    """Build LoRALinear(8, 6) and run one forward; raise Unusable if that much does not work."""
-    call = "LoRALinear(8, 6)"
+    """Build LoRALinear(8, 6) with its defaults and run one forward; raise Unusable if that much does not work."""
     try:
-        layer = cls(8, 6)
-    except NotImplementedError as exc:
-        raise Unusable(f"{call} raised NotImplementedError: the LoRALinear stub is not filled in yet",
-                       "write __init__ and forward in the stub cell (Part 3), run it, then run the checks again") from exc
-    except Exception as exc:
-        raise Unusable(f"{call} raised {describe(exc)}",
-                       "the constructor takes (in_features, out_features, r=4, alpha=8, bias=True)") from exc
-    try:
-        forward(layer, torch.randn(3, 8))
+        forward(_build(cls, "LoRALinear(8, 6)", 8, 6), torch.randn(3, 8))
     except Unusable:
         raise
     except Mistake as exc:
@@ -134,7 +130,7 @@ class Adam:
     """Adam (Kingma & Ba, 2015) with torch.optim.Adam's defaults, for the checks' own training run.
 
     torch.optim imports torch._dynamo on first use, about 2 s here: more than the rest of the checks together,
-    and the checks aim to answer within about 1.3× a bare `import torch`. tests/test_probe.py holds it to
+    and the checks aim to answer within about 1.3× a bare `import torch`. tests/test_checks.py holds it to
     torch.optim.Adam's steps.
     """
 

@@ -43,15 +43,10 @@ def run_one(number: int, cls, **given) -> Result:
             return Result(number, name, False, f"your layer raised {describe(exc)}")
 
 
-def evaluate(cls, on_start=None) -> list[Result]:
+def evaluate(cls) -> list[Result]:
     """Every check in order; raises Unusable when the layer cannot even be built and run once."""
     _smoke(cls)
-    results = []
-    for number in CHECKS:
-        if on_start:
-            on_start(number)
-        results.append(run_one(number, cls))
-    return results
+    return [run_one(number, cls) for number in CHECKS]
 
 
 def _unusable_text(u: Unusable) -> str:

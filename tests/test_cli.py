@@ -1,5 +1,4 @@
 """`python -m checks FILE`: exit codes, JSON and JUnit output, and hostile or broken learner files."""
-import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET

@@ -70,7 +70,7 @@ def test_fast_forward_equals_the_teaching_form(n_in, n_out, r, alpha, bias, lead
     want = values_and_gradients(plain, LoRALinear.forward_plain, x, grad_out)
     for name, g, w in zip(("h", "A.grad", "B.grad", "x.grad"), got, want):
         assert g is not None and w is not None, f"{name} is missing"
-        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     assert fast.base.weight.grad is None and plain.base.weight.grad is None
 
 
