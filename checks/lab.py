@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from checks.lab_attention import which_weights  # noqa: F401  (Table 5 in miniature)
 from checks.lab_kit import Report, experiment, progress, pyplot, si
 from checks.lab_rank import rank_ablation  # noqa: F401  (Table 6 in miniature)
-from checks.probe import forward, make, parts
+from checks.probe import Adam, forward, make, parts
 
 # GPT-3 175B as the paper adapts it (§4.2, Table 4): d_model, layers, all parameters.
 GPT3_D_MODEL, GPT3_LAYERS, GPT3_PARAMS = 12288, 96, 175_255.8e6
@@ -68,11 +68,11 @@ def _bytes(tensors) -> int:
 def _memory_after_one_step(modules, run) -> dict:
     """Bytes of weights, gradients and Adam state after one Adam step, read from the tensors themselves."""
     params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-3)
+    opt = Adam([p for p in params if p.requires_grad], lr=1e-3)  # torch.optim.Adam's update and moments
     x = torch.randn(32, modules[0].in_features)
     F.mse_loss(run(x), torch.zeros_like(x)).backward()
     opt.step()
-    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    state = opt.m + opt.v  # Adam's two moments, one of each per trainable tensor
     sizes = dict(weights=_bytes(params), gradients=_bytes(p.grad for p in params if p.grad is not None),
                  adam=_bytes(state))
     return {**sizes, "total": sum(sizes.values())}
@@ -103,8 +103,9 @@ def training_memory(cls, d: int = 128, layers: int = 4, r: int = 4) -> Report:
     rows.append(("paper: GPT-3 175B total (§4.2)", si(PAPER_VRAM[0], "B"), si(PAPER_VRAM[1], "B"),
                  f"{PAPER_VRAM[0] / PAPER_VRAM[1]:.1f}×"))
     notes = [f"{layers} layers {d}×{d}, r={r}, float32, after one Adam step. Adam keeps two moments per trainable",
-             "parameter; a frozen W0 keeps neither them nor a gradient. The paper's GPT-3 totals (§4.2) also hold",
-             "activations and its own precision mix, so the two ratios agree in size, not to the digit."]
+             "parameter; a frozen W0 keeps neither them nor a gradient. (The kit's Adam keeps exactly the moments",
+             "torch.optim.Adam keeps, which also adds a 4-byte step counter per tensor.) The paper's GPT-3 totals",
+             "(§4.2) also hold activations and its own precision mix, so the ratios agree in size, not to the digit."]
     return Report("Training memory: gradients and Adam state read from the optimizer",
                   ("bytes", "full fine-tuning", "LoRA", "full / LoRA"), rows, notes, dict(full=ft, lora=lo))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from checks.probe import Mistake, Unusable
+from checks.probe import Adam, Mistake, Unusable
 from checks.report import CheckFailed
 
 _PASSED = weakref.WeakSet()  # classes that passed every check once: the checks need not run again
@@ -92,7 +92,7 @@ def pyplot():
 
 def fit(params, loss_fn, steps: int, lr: float, desc: str = "training") -> list[float]:
     """`steps` Adam steps on `loss_fn()`, with a progress bar; the losses, one per step."""
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = Adam(params, lr=lr)
     losses = []
     for _ in progress(range(steps), desc):
         loss = loss_fn()

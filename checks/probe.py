@@ -127,11 +127,12 @@ def smoke(cls) -> None:
 
 
 class Adam:
-    """Adam (Kingma & Ba, 2015) with torch.optim.Adam's defaults, for the checks' own training run.
+    """Adam (Kingma & Ba, 2015) with torch.optim.Adam's defaults, for the checks' training run and the lab.
 
-    torch.optim imports torch._dynamo on first use, about 2 s here: more than the rest of the checks together,
-    and the checks aim to answer within about 1.3× a bare `import torch`. tests/test_checks.py holds it to
-    torch.optim.Adam's steps.
+    torch.optim imports torch._dynamo on an optimizer's first step, 1.5-2 s here: more than the rest of the
+    checks together (they aim to answer within about 1.3× a bare `import torch`), and most of the lab's share of
+    the notebook's time. tests/test_checks.py holds it to torch.optim.Adam's steps and moments; the kit never
+    imports torch._dynamo (tests/test_notebook.py).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):

@@ -92,3 +92,7 @@ def test_checks_own_adam_follows_torch_optim_adam():
             ((p - step) ** 2).sum().backward()
             opt.step()
     torch.testing.assert_close(ours, theirs)
+    # The same two moments, which is what lab.training_memory reads as "Adam state".
+    state = opt_theirs.state[theirs]
+    torch.testing.assert_close(opt_ours.m[0], state["exp_avg"])
+    torch.testing.assert_close(opt_ours.v[0], state["exp_avg_sq"])

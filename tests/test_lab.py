@@ -64,14 +64,13 @@ def test_the_toy_count_is_r_times_in_plus_out(budget):
 
 # --- training memory: hand counts -------------------------------------------------------------------------------
 def test_memory_figures_match_hand_counts():
-    d, layers, r, f32, step = 16, 2, 2, 4, 4  # Adam keeps a float32 step counter per trainable tensor
+    d, layers, r, f32 = 16, 2, 2, 4
     values = lab.training_memory(Correct, d=d, layers=layers, r=r).values
-    dense, low_rank = layers * (d * d + d), layers * 2 * d * r
-    assert values["full"] == dict(weights=dense * f32, gradients=dense * f32,
-                                  adam=2 * dense * f32 + 2 * layers * step, total=4 * dense * f32 + 2 * layers * step)
+    dense, low_rank = layers * (d * d + d), layers * 2 * d * r  # full: W and b per layer; LoRA: A and B
+    assert values["full"] == dict(weights=dense * f32, gradients=dense * f32, adam=2 * dense * f32,
+                                  total=4 * dense * f32)
     assert values["lora"] == dict(weights=(dense + low_rank) * f32, gradients=low_rank * f32,
-                                  adam=2 * low_rank * f32 + 2 * layers * step,
-                                  total=(dense + 4 * low_rank) * f32 + 2 * layers * step)
+                                  adam=2 * low_rank * f32, total=(dense + 4 * low_rank) * f32)
 
 
 # --- the mixed-adapter batch: per-row references ----------------------------------------------------------------
