@@ -1,10 +1,11 @@
 """Benchmark: the reference LoRALinear against nn.Linear, its merged layer, loralib and peft (forward and step).
 
-Run from the repository root: python benchmarks/layers.py [--threads N] [--sizes 256 1024 4096]
+Run from the repository root: python benchmarks/layers.py [--threads N] [--sizes 256 1024 4096] [--rounds N]
 """
 import argparse
 import copy
 import importlib
+import statistics
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from solution import LoRALinear
 ROWS, ALPHA = 1024, 16
 SIZES = {256: 15, 1024: 11, 4096: 3}  # d -> rounds; fewer at d = 4096, where one step takes over a second
 RANKS = (4, 8, 64)
+BLOCK_TIME = 0.1  # seconds each contender runs per round
 
 
 def optional(name):
@@ -118,9 +120,11 @@ def measure(d, r, rounds, threads, libraries) -> dict:
     forward_modules, train_modules = contenders(d, r, libraries)
     x, grad = torch.randn(ROWS, d), torch.randn(ROWS, d)
     assert_same_output(forward_modules, x)
-    # min_run_time=0: one block per round (blocked_autorange sizes it), so the contenders alternate finely.
-    measures = {("fwd", n): timed(forward_call(m, x), threads, 0) for n, m in forward_modules.items()}
-    measures.update({("step", n): timed(step_call(m, x, grad), threads, 0) for n, m in train_modules.items()})
+    # Each contender's time in a round is the median of the blocks that fill BLOCK_TIME (one call per block once a
+    # call takes longer than a millisecond or so), so one slow call does not decide a round.
+    measures = {("fwd", n): timed(forward_call(m, x), threads, BLOCK_TIME) for n, m in forward_modules.items()}
+    measures.update({("step", n): timed(step_call(m, x, grad), threads, BLOCK_TIME)
+                     for n, m in train_modules.items()})
     return interleave(measures, rounds)
 
 
@@ -129,12 +133,30 @@ def row(d, r, seconds, names) -> list:
         return median_ratio(seconds, (kind, name), (kind, baseline)) if (kind, name) in seconds else "skipped"
     forward = [ratio("fwd", n, "nn.Linear") for n in ["merged"] + names]
     step = [ratio("step", n, "full FT") for n in names]
-    return [d, r, 1 + 2 * r / d, *forward, (1 + 5 * r / d) / 2, *step]
+    return [d, r, 1 + 2 * r / d, *forward, (1 + 5 * r / d) / 2, *step,
+            against_libraries(seconds, "fwd"), against_libraries(seconds, "step")]
+
+
+def against_libraries(seconds, kind) -> str:
+    """The reference layer head to head with the harder to beat of loralib and peft: the larger of the two median
+    per-round ratios reference / library, with that ratio's interquartile range over rounds. Below 1 the
+    reference is faster; a range that straddles 1 is a tie within this machine's noise."""
+    libraries = [lib for lib in ("loralib", "peft") if (kind, lib) in seconds]
+    if not libraries:
+        return "skipped"
+    ratios = {lib: [a / b for a, b in zip(seconds[(kind, "reference")], seconds[(kind, lib)])] for lib in libraries}
+    worst = max(ratios.values(), key=statistics.median)
+    if len(worst) < 4:
+        return f"{statistics.median(worst):.2f}"
+    low, _, high = statistics.quantiles(worst, n=4)
+    return f"{statistics.median(worst):.2f} ({low:.2f}–{high:.2f})"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU)")
+    parser.add_argument("--rounds", type=int, help="rounds for every d (default: " +
+                        ", ".join(f"{n} at d = {d}" for d, n in SIZES.items()) + ")")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=list(SIZES), help="d values")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -144,17 +166,20 @@ def main(argv=None) -> int:
         if module is None:
             print(f"{name} is not importable: its columns are skipped (pip install -e '.[bench]')")
     names = ["reference", "plain", "loralib", "peft"]
-    rows = [row(d, r, measure(d, r, SIZES[d], args.threads, libraries), names) for d in args.sizes for r in RANKS]
+    rounds = {d: args.rounds or n for d, n in SIZES.items()}
+    rows = [row(d, r, measure(d, r, rounds[d], args.threads, libraries), names) for d in args.sizes for r in RANKS]
     print(machine(args.threads))
     print(f"{ROWS} rows, float32, α = {ALPHA}. Forward under no_grad, as a ratio to the frozen nn.Linear forward; "
           "training step (zero_grad, forward, backward from a fixed output gradient, AdamW) as a ratio to a full "
           "fine-tuning step of nn.Linear. Each ratio is the median over rounds (per d: "
-          + ", ".join(f"{d}: {n}" for d, n in SIZES.items()) + ") of the ratio measured within the round, all "
-          "contenders interleaved in each round; each time is a torch.utils.benchmark blocked_autorange, timed with "
-          f"{clock(args.threads).__name__}. Floors count matmul "
-          "flops only: forward 1 + 2r/d, step (1 + 5r/d)/2.\n")
+          + ", ".join(f"{d}: {rounds[d]}" for d in args.sizes) + ") of the ratio measured within the round, all "
+          "contenders interleaved in each round; each time is the median block of a torch.utils.benchmark "
+          f"blocked_autorange over {BLOCK_TIME} s, timed with {clock(args.threads).__name__}. Floors count matmul "
+          "flops only: forward 1 + 2r/d, step (1 + 5r/d)/2. The last two columns put the reference layer head to "
+          "head with whichever of loralib and peft it is closest to: the median per-round ratio and its "
+          "interquartile range over rounds (below 1: the reference is faster; a range straddling 1: a tie).\n")
     header = ["d", "r", "fwd floor", "merged fwd", *[f"{n} fwd" for n in names],
-              "step floor", *[f"{n} step" for n in names]]
+              "step floor", *[f"{n} step" for n in names], "reference ÷ library fwd", "reference ÷ library step"]
     print(table(header, rows))
     return 0
 
