@@ -57,9 +57,14 @@ def interleave(measures: dict, rounds: int) -> dict:
     return seconds
 
 
+def round_ratios(seconds: dict, name: str, baseline: str) -> list:
+    """name/baseline in each round, each pair measured back to back in the same round."""
+    return [a / b for a, b in zip(seconds[name], seconds[baseline])]
+
+
 def median_ratio(seconds: dict, name: str, baseline: str) -> float:
-    """The median over rounds of name/baseline, each pair measured back to back in the same round."""
-    return statistics.median(a / b for a, b in zip(seconds[name], seconds[baseline]))
+    """The median over rounds of name/baseline."""
+    return statistics.median(round_ratios(seconds, name, baseline))
 
 
 def wall(command: list, env=None) -> float:

@@ -10,7 +10,7 @@ import statistics
 import torch
 from torch import nn
 
-from common import clock, interleave, machine, median_ratio, table, timed
+from common import clock, interleave, machine, median_ratio, round_ratios, table, timed
 from solution import LoRALinear
 
 ROWS, ALPHA = 1024, 16
@@ -144,8 +144,7 @@ def against_libraries(seconds, kind) -> str:
     libraries = [lib for lib in ("loralib", "peft") if (kind, lib) in seconds]
     if not libraries:
         return "skipped"
-    ratios = {lib: [a / b for a, b in zip(seconds[(kind, "reference")], seconds[(kind, lib)])] for lib in libraries}
-    worst = max(ratios.values(), key=statistics.median)
+    worst = max((round_ratios(seconds, (kind, "reference"), (kind, lib)) for lib in libraries), key=statistics.median)
     if len(worst) < 4:
         return f"{statistics.median(worst):.2f}"
     low, _, high = statistics.quantiles(worst, n=4)
