@@ -50,7 +50,7 @@ def call_text(in_features, out_features, r, alpha, bias) -> str:
     return f"LoRALinear({in_features}, {out_features}, r={r}, alpha={alpha}, bias={bias})"
 
 
-def _build(cls, call: str, *args, **kwargs) -> nn.Module:
+def build(cls, call: str, *args, **kwargs) -> nn.Module:
     """cls(*args, **kwargs), or a Mistake naming `call` (Unusable when the stub is still unfilled)."""
     try:
         layer = cls(*args, **kwargs)
@@ -67,7 +67,7 @@ def _build(cls, call: str, *args, **kwargs) -> nn.Module:
 
 def make(cls, in_features, out_features, r=4, alpha=8, bias=True) -> nn.Module:
     """A fresh layer, or a Mistake that names the call that failed."""
-    return _build(cls, call_text(in_features, out_features, r, alpha, bias),
+    return build(cls, call_text(in_features, out_features, r, alpha, bias),
                   in_features, out_features, r=r, alpha=alpha, bias=bias)
 
 
@@ -89,7 +89,8 @@ def parts(layer) -> Parts:
                           "the interface names the factors A  # (r, in) and B  # (out, r), and the frozen "
                           "nn.Linear `base`; wrap or rename yours so these names reach them") from None
         except Exception as exc:
-            raise Mistake(f"reading layer.{name} raised {describe(exc)}") from exc
+            raise Mistake(f"reading layer.{name} raised {describe(exc)}",
+                          f"make layer.{name} a plain attribute (or a property that cannot fail)") from exc
     for name in ("A", "B"):
         if not isinstance(found[name], torch.Tensor):
             raise Mistake(f"layer.{name} is a {type(found[name]).__name__}, not a tensor",
@@ -100,15 +101,24 @@ def parts(layer) -> Parts:
     return Parts(**found)
 
 
-def forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), with anything but a tensor turned into a Mistake."""
+def forward(layer, x: torch.Tensor, guard: bool = True) -> torch.Tensor:
+    """layer(x), with anything but a tensor turned into a Mistake.
+
+    The layer gets a copy of x, so that a forward that writes into its input cannot change what a check compares
+    with; such a forward is named here, by the first check that calls it."""
+    given = x.clone()
     try:
-        out = layer(x)
+        out = layer(given)
     except NotImplementedError as exc:
         raise Unusable("forward raised NotImplementedError: the stub's forward is not written yet",
                        "write forward in the stub cell (Part 3)") from exc
     except Exception as exc:
-        raise Mistake(f"forward on an input of shape {tuple(x.shape)} raised {describe(exc)}") from exc
+        raise Mistake(f"forward on an input of shape {tuple(x.shape)} raised {describe(exc)}",
+                      "forward takes any input of shape (..., in_features), contiguous or not; run your layer "
+                      "on such an input by hand to see the error") from exc
+    if guard and not _unchanged(x, given):
+        raise Mistake("forward changed its input tensor in place: the caller's x is not what it passed in",
+                      "use out-of-place ops on x (x * s, not x.mul_(s); x = x + …, not x += …)")
     if out is None:
         raise Mistake("forward returned None", "end forward with `return base_out + self.scaling * lora_out`")
     if not isinstance(out, torch.Tensor):
@@ -116,10 +126,17 @@ def forward(layer, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
+    if before.shape != after.shape:
+        return False
+    with torch.no_grad():
+        return bool(((before == after) | (before.isnan() & after.isnan())).all())
+
+
 def smoke(cls) -> None:
     """Build LoRALinear(8, 6) with its defaults and run one forward; raise Unusable if that much does not work."""
     try:
-        forward(_build(cls, "LoRALinear(8, 6)", 8, 6), torch.randn(3, 8))
+        forward(build(cls, "LoRALinear(8, 6)", 8, 6), torch.randn(3, 8), guard=False)
     except Unusable:
         raise
     except Mistake as exc:

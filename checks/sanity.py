@@ -1,19 +1,22 @@
 """The drill's sanity checks: 1–6 are the drill page's six, 7–11 close the gaps a broken layer slips through.
 
-Each check takes the learner's class, builds fresh layers itself (several shapes, ranks, α, bias on and off)
-and returns a short message on a pass or raises `Mistake(message, hint)`. Reference: LoRA §4.1,
-h = W0 x + (α/r)·B A x, written batch-first as x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ.
+Each check takes the learner's class, builds fresh layers itself and returns a short message on a pass, or raises
+`Mistake(message, hint)`. They judge behaviour against the layer's own tensors (checks/oracle.py): §4.1's
+h = W0 x + (α/r)·B A x, written batch-first as x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ, over drawn configurations.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
-from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from checks.probe import Mistake, forward, make, parts, toy_run
+from checks import oracle
+from checks.oracle import TOLERANCE, configs, fail, formula, gap, param_grad_gap, randomise
+from checks.probe import Mistake, build, describe, forward, make, parts, toy_run
 
 # Bound before any learner code runs: a learner file that patches torch.allclose cannot fake a pass.
-_equal, _allclose, _randn = torch.equal, torch.allclose, torch.randn
+_equal, _allclose, _randn, _isnan = torch.equal, torch.allclose, torch.randn, torch.isnan
 
 CHECKS = {}  # id -> (name, function), in the drill's order
 
@@ -29,15 +32,34 @@ def _max_abs(t: torch.Tensor) -> float:
     return t.detach().abs().max().item() if t.numel() else 0.0
 
 
-def _randomise(p, scale=0.5):
-    """Give A and B random non-zero values, so ΔW is visible in the output."""
-    with torch.no_grad():
-        p.A.copy_(_randn(p.A.shape) * scale)
-        p.B.copy_(_randn(p.B.shape) * scale)
+def _owner(t, params: list) -> torch.Tensor | None:
+    """The parameter `t` is, or the parameter it is a view of (A behind a property); None if neither."""
+    for q in params:
+        if t is q or (t._base is not None and t._base is q):
+            return q
+    return None
 
 
-def _same_object(t, candidates) -> bool:
-    return any(t is c for c in candidates)
+def _same_state(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Equal, NaN included where both are NaN."""
+    if before.shape != after.shape or before.dtype != after.dtype:
+        return False
+    if before.is_floating_point():
+        return _allclose(before, after, rtol=0, atol=0, equal_nan=True)
+    return _equal(before, after)
+
+
+def _scaling_value(layer) -> float | None:
+    """layer.scaling as a float when it is a real number of any type (int, float, Fraction, numpy, 0-d tensor)."""
+    s = getattr(layer, "scaling", None)
+    if isinstance(s, torch.Tensor):
+        return float(s) if s.numel() == 1 else None
+    if isinstance(s, numbers.Real) and not isinstance(s, bool):
+        return float(s)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- check 1
 
 
 @check(1, "only A and B train")
@@ -45,48 +67,80 @@ def only_a_and_b_train(cls) -> str:
     for bias in (True, False):
         layer = make(cls, 10, 6, r=2, alpha=4, bias=bias)
         p = parts(layer)
-        params = dict(layer.named_parameters())
+        named = dict(layer.named_parameters())
+        params = list(named.values())
+        owners = {}
         for name, t in (("A", p.A), ("B", p.B)):
-            if not _same_object(t, params.values()):
+            owners[name] = _owner(t, params)
+            if owners[name] is None:
                 raise Mistake(f"{name} is not a registered parameter of the layer, so an optimizer never sees it",
                               f"wrap it: self.{name} = nn.Parameter(...)")
             if not t.requires_grad:
                 raise Mistake(f"{name} has requires_grad=False, so it never trains",
                               f"leave {name} trainable; freeze only self.base")
-        lora = (p.A, p.B)
-        extra = [n for n, t in params.items() if t.requires_grad and not _same_object(t, lora)]
+        if not any(t is p.base.weight for t in params):
+            raise Mistake("base.weight is not among layer.parameters(): base is kept outside the module tree, so "
+                          "state_dict() leaves W0 out, .to() does not move it and a checkpoint loses it",
+                          "assign the nn.Linear directly as a module attribute in __init__: self.base = nn.Linear(...)")
+        lora = tuple(owners.values())
+        extra = [n for n, t in named.items() if t.requires_grad and not any(t is q for q in lora)]
         if extra:
             raise Mistake(f"besides A and B, these parameters train: {', '.join(extra)}",
                           "freeze the pretrained layer: self.base.requires_grad_(False)")
-        trainable = sum(t.numel() for t in lora)
+        trainable = sum(t.numel() for t in (p.A, p.B))
         if trainable != 2 * (10 + 6):
             raise Mistake(f"A and B hold {trainable} numbers; LoRALinear(10, 6, r=2) needs r·(in+out) = 32",
                           "A is (r, in_features) and B is (out_features, r)")
         if bias:
-            names = [n for n, t in params.items() if t.requires_grad]
-            frozen = [n for n, t in params.items() if not t.requires_grad]
-            total = sum(t.numel() for t in params.values())
+            names = [n for n, t in named.items() if t.requires_grad]
+            frozen = [n for n, t in named.items() if not t.requires_grad]
+            total = sum(t.numel() for t in params)
+    in_state = any(v.data_ptr() == parts(layer).base.weight.data_ptr() for v in layer.state_dict().values())
+    moved = parts(make(cls, 10, 6, r=2, alpha=4).to(torch.float64)).base.weight.dtype == torch.float64
+    if not (in_state and moved):
+        raise Mistake("base is not part of the module: " + ("state_dict() leaves base.weight out" if not in_state
+                                                             else ".to(torch.float64) does not move base.weight"),
+                      "assign the nn.Linear directly as a module attribute in __init__: self.base = nn.Linear(...)")
     return (f"trainable: {', '.join(names)} ({trainable} of {total} parameters at in=10, out=6, r=2); "
             f"frozen: {', '.join(frozen)}")
 
 
+# ----------------------------------------------------------------------------------------------------- check 2
+
+
 @check(2, "output equals the base at init")
 def starts_at_base(cls) -> str:
-    for bias in (True, False):
-        layer = make(cls, 16, 12, r=4, alpha=8, bias=bias)
+    for n_in, n_out, r, alpha, bias, lead in ((16, 12, 4, 8, True, (5,)), (9, 13, 3, 7, False, (2, 4)),
+                                              (40, 24, 6, 5, True, (20,))):
+        layer = make(cls, n_in, n_out, r=r, alpha=alpha, bias=bias)
         layer.train()  # dropout on the frozen path would show here; LoRA dropout is harmless while B = 0
         p = parts(layer)
-        x = _randn(5, 16)
-        gap = _max_abs(forward(layer, x) - p.base(x))
-        if gap > 1e-6:
-            if _max_abs(p.B) > 0:
-                raise Mistake(f"at init the output differs from base(x) by up to {gap:.3g}, because B is not zero "
-                              f"(max |B| = {_max_abs(p.B):.3g}): the model would start away from the pretrained one",
-                              "initialise B with torch.zeros(out_features, r) and A at random (§4.1)")
-            raise Mistake(f"at init the output differs from base(x) by up to {gap:.3g}, though B is zero: "
-                          "something else changes the frozen path (dropout on the base input?)",
-                          "the frozen path is exactly self.base(x); apply any dropout to the low-rank input only")
-    return "at init, layer(x) == base(x) (B = 0, so ΔW = BA = 0)"
+        x = _randn(*lead, n_in)
+        out = forward(layer, x).detach()
+        expected = p.base(x).detach()
+        if out.shape == expected.shape and _allclose(out, expected, rtol=0, atol=1e-6):
+            continue
+        where = f"LoRALinear({n_in}, {n_out}, r={r}, alpha={alpha}, bias={bias})"
+        if out.shape != expected.shape:
+            raise Mistake(f"at init {where} returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+                          f"base(x) has shape {tuple(expected.shape)}",
+                          "forward maps (..., in_features) to (..., out_features)")
+        diff = _max_abs(out - expected)
+        if _max_abs(p.B) > 0:
+            raise Mistake(f"at init the output of {where} differs from base(x) by up to {diff:.3g}, because B is "
+                          f"not zero (max |B| = {_max_abs(p.B):.3g}): the model would start away from the "
+                          "pretrained one", "initialise B with torch.zeros(out_features, r) and A at random (§4.1)")
+        if p.base.bias is not None and _allclose(out, x @ p.base.weight.detach().T, rtol=0, atol=1e-6):
+            raise Mistake(f"at init the output of {where} is x W0ᵀ without the base's bias b",
+                          "the frozen path is self.base(x), bias included")
+        raise Mistake(f"at init (B = 0) the output of {where} differs from base(x) by up to {diff:.3g}: something "
+                      "besides the low-rank term changes the frozen path (dropout on its input, a changed x, "
+                      "an extra term?)",
+                      "the frozen path is exactly self.base(x); apply any dropout to the low-rank input only")
+    return "at init, layer(x) == base(x) (B = 0, so ΔW = BA = 0), in train mode, bias on and off"
+
+
+# ----------------------------------------------------------------------------------------------------- check 3
 
 
 @check(3, "base unchanged by training")
@@ -100,162 +154,307 @@ def base_stays_frozen(cls, trained=None, snapshot=None) -> str:
     run = toy_run(cls)
     p = parts(run.layer)
     for name, before, after in zip(("base.weight", "base.bias"), run.snapshot, (p.base.weight, p.base.bias)):
+        if before is None or after is None:
+            continue
         if not _equal(before, after.detach()):
-            raise Mistake(f"{name} moved during {len(run.losses)} Adam steps (max change "
-                          f"{_max_abs(after.detach() - before):.3g}): this is full fine-tuning, not LoRA",
+            raise Mistake(f"{name} moved during the checks' own run ({len(run.losses)} Adam steps on a fresh "
+                          f"LoRALinear(16, 12, r=2); max change {_max_abs(after.detach() - before):.3g}): this is "
+                          "full fine-tuning, not LoRA",
                           "freeze the pretrained layer: self.base.requires_grad_(False), and never write into it")
-    return f"base.weight and base.bias identical after {len(run.losses)} Adam steps (snapshot taken before)"
+    mine = "your toy run left base.weight as base_snapshot had it; " if trained is not None else ""
+    return (f"{mine}in the checks' own run of {len(run.losses)} Adam steps on a fresh layer, base.weight and "
+            "base.bias stayed identical to a snapshot taken before")
 
 
-@check(4, "shapes")
+# ----------------------------------------------------------------------------------------------------- check 4
+
+
+@check(4, "shapes, sizes and defaults")
 def shapes(cls) -> str:
-    for n_in, n_out, r in ((10, 6, 2), (7, 13, 3)):
+    for n_in, n_out, r in ((10, 6, 2), (7, 13, 3), (40, 33, 6)):
         layer = make(cls, n_in, n_out, r=r, alpha=4)
         p = parts(layer)
+        for name, want in (("in_features", n_in), ("out_features", n_out), ("r", r)):
+            got = getattr(layer, name, None)
+            if got != want:
+                seen = "is missing" if not hasattr(layer, name) else f"is {got!r}"
+                raise Mistake(f"layer.{name} {seen} for LoRALinear({n_in}, {n_out}, r={r}); expected {want}",
+                              f"keep the constructor's arguments: self.{name} = {name}")
         for name, got, want, hint in (
                 ("A", p.A.shape, (r, n_in), "A projects down: nn.Parameter of shape (r, in_features)"),
                 ("B", p.B.shape, (n_out, r), "B projects up: nn.Parameter of shape (out_features, r)")):
             if tuple(got) != want:
                 raise Mistake(f"{name} has shape {tuple(got)} at in={n_in}, out={n_out}, r={r}; expected {want}", hint)
-        for batch in ((5,), (2, 3)):
-            got = tuple(forward(layer, _randn(*batch, n_in)).shape)
-            if got != (*batch, n_out):
-                raise Mistake(f"input {(*batch, n_in)} gave output {got}; expected {(*batch, n_out)}",
-                              "forward maps (..., in_features) to (..., out_features): x @ A.T, then @ B.T")
-    return "A (r, in), B (out, r); output (..., out) for 2-D and 3-D inputs"
+        for lead in ((5,), (2, 3), (2, 3, 4)):
+            got = tuple(forward(layer, _randn(*lead, n_in)).shape)
+            if got != (*lead, n_out):
+                raise Mistake(f"input {(*lead, n_in)} gave output {got}; expected {(*lead, n_out)}",
+                              "forward maps (..., in_features) to (..., out_features) for any number of leading "
+                              "dimensions: x @ A.T, then @ B.T")
+    default = build(cls, "LoRALinear(12, 8)", 12, 8)  # the defaults left out, as a learner writes the call
+    p = parts(default)
+    s = _scaling_value(default)
+    problems = []
+    if tuple(p.A.shape) != (4, 12) or getattr(default, "r", None) != 4:
+        problems.append(f"r is {getattr(default, 'r', tuple(p.A.shape)[0])!r}, not 4")
+    if s is None or abs(s - 2.0) > 1e-6:
+        problems.append(f"scaling is {getattr(default, 'scaling', None)!r}, not α/r = 8/4 = 2")
+    if p.base.bias is None:
+        problems.append("base has no bias, though bias=True is the default")
+    if problems:
+        raise Mistake(f"LoRALinear(12, 8) with the defaults left out: {'; '.join(problems)}",
+                      "the contract's defaults are r=4, alpha=8, bias=True: "
+                      "def __init__(self, in_features, out_features, r=4, alpha=8, bias=True)")
+    if parts(make(cls, 12, 8, r=4, alpha=8, bias=False)).base.bias is not None:
+        raise Mistake("LoRALinear(12, 8, bias=False) still has a bias: base.bias is not None",
+                      "pass the flag on: self.base = nn.Linear(in_features, out_features, bias=bias)")
+    return ("A (r, in), B (out, r); output (..., out) for 2-D to 4-D input; in_features, out_features, r kept; "
+            "defaults r=4, alpha=8, bias=True; bias=False means no bias")
 
 
-def _merge_diagnosis(W, p, s) -> tuple[str, str]:
-    W0, BA = p.base.weight.detach(), (p.B @ p.A).detach()
+# ----------------------------------------------------------------------------------------------------- check 5
+
+
+def _merge_diagnosis(W, W0, BA, s) -> tuple[str, str]:
     for candidate, what, hint in (
             (W0 + BA, "W0 + BA, without the scaling", "multiply BA by self.scaling (α/r)"),
             (s * BA, "(α/r)·BA, without the base", "add self.base.weight"),
-            (W0 + s * BA.T.reshape(W0.shape), "a transposed update", "ΔW = B @ A has shape (out, in)")):
-        if _allclose(W, candidate, rtol=1e-4, atol=1e-5):
+            (W0, "W0 alone, without the update", "add self.scaling * (self.B @ self.A)")):
+        if gap(W, candidate) <= TOLERANCE:
             return f"merged_weight() returns {what}", hint
     return "merged_weight() is not W0 + (α/r)·BA", "return self.base.weight + self.scaling * (self.B @ self.A)"
 
 
-@check(5, "merged weight reproduces the output")
-def merge_reproduces(cls) -> str:
-    n_in, n_out, r, alpha = 12, 8, 4, 6
-    layer = make(cls, n_in, n_out, r=r, alpha=alpha)
-    layer.eval()
-    p = parts(layer)
-    _randomise(p)
-    before = {k: v.detach().clone() for k, v in layer.state_dict().items()}
-    x = _randn(6, n_in)
-    out = forward(layer, x).detach()
+def _merged(layer, when: str) -> torch.Tensor:
     try:
         W = layer.merged_weight()
     except Exception as exc:
-        raise Mistake(f"merged_weight() raised {exc!r}", "return W0 + (α/r)·B @ A, shape (out, in)") from exc
+        raise Mistake(f"merged_weight() {when} raised {describe(exc)}",
+                      "return W0 + (α/r)·B @ A, shape (out, in)") from exc
     if not isinstance(W, torch.Tensor):
         raise Mistake(f"merged_weight() returned a {type(W).__name__}, not a tensor",
                       "return self.base.weight + self.scaling * (self.B @ self.A)")
-    W = W.detach().clone()
-    if tuple(W.shape) != (n_out, n_in):
-        hint = "it is transposed: ΔW = B @ A is (out, in)" if tuple(W.shape) == (n_in, n_out) else \
-            "W0 + (α/r)·B @ A has the shape of base.weight, (out, in)"
-        raise Mistake(f"merged_weight() has shape {tuple(W.shape)}; expected (out, in) = {(n_out, n_in)}", hint)
-    changed = [k for k, v in layer.state_dict().items() if not _equal(before[k], v.detach())]
-    if changed:
-        raise Mistake(f"merged_weight() changed the layer ({', '.join(changed)}): the next forward adds ΔW twice",
-                      "compute and return a new tensor; do not write into base.weight")
-    b = p.base.bias.detach() if p.base.bias is not None else 0
-    gap = _max_abs(x @ W.T + b - out)
-    if gap > 1e-4 * max(1.0, _max_abs(out)):
-        message, hint = _merge_diagnosis(W, p, alpha / r)
-        raise Mistake(f"{message}: x @ Wᵀ + b differs from layer(x) by up to {gap:.3g}", hint)
-    return "x @ merged_weight().T + b == layer(x): the update folds into W0, so no added latency (§4.1)"
+    return W.detach().clone()
 
 
-@check(6, "gradients reach A and B, not the base")
+def _dense(x, p, s) -> torch.Tensor:
+    """x (W0 + s·BA)ᵀ + b in float64, from the layer's current tensors."""
+    W = p.base.weight.detach().double() + s * (p.B.detach().double() @ p.A.detach().double())
+    b = p.base.bias.detach().double() if p.base.bias is not None else 0
+    return x.double() @ W.T + b
+
+
+def _expected_merge(p, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    W0 = p.base.weight.detach().double()
+    BA = p.B.detach().double() @ p.A.detach().double()
+    return W0 + s * BA, W0, BA
+
+
+@check(5, "merged weight is W0 + (α/r)·BA")
+def merge_reproduces(cls) -> str:
+    for n_in, n_out, r, alpha in ((12, 8, 4, 6), (7, 20, 3, 5)):
+        s = alpha / r
+        layer = make(cls, n_in, n_out, r=r, alpha=alpha)
+        layer.eval()
+        p = parts(layer)
+        randomise(layer)
+        x = _randn(6, n_in)
+        out_before = forward(layer, x).detach().clone()
+        followed = gap(out_before, _dense(x, p, s)) <= TOLERANCE  # else check 7 has the story, not this one
+        state = {k: v.detach().clone() for k, v in layer.state_dict().items()}  # just before the call
+        W = _merged(layer, "")
+        changed = [k for k, v in layer.state_dict().items() if k not in state or not _same_state(state[k], v.detach())]
+        if changed:
+            raise Mistake(f"merged_weight() changed the layer ({', '.join(changed)}): the next forward would add "
+                          "ΔW twice", "compute and return a new tensor; do not write into base.weight")
+        if tuple(W.shape) != (n_out, n_in):
+            hint = "it is transposed: ΔW = B @ A is (out, in)" if tuple(W.shape) == (n_in, n_out) else \
+                "W0 + (α/r)·B @ A has the shape of base.weight, (out, in)"
+            raise Mistake(f"merged_weight() has shape {tuple(W.shape)}; expected (out, in) = {(n_out, n_in)}", hint)
+        want, W0, BA = _expected_merge(p, s)
+        if gap(W, want) > TOLERANCE:
+            message, hint = _merge_diagnosis(W, W0, BA, s)
+            raise Mistake(f"{message} (at r={r}, alpha={alpha}; off by up to {(W.double() - want).abs().max():.3g})",
+                          hint)
+        if gap(_merged(layer, "called a second time"), want) > TOLERANCE:
+            raise Mistake("a second call of merged_weight() returns something else than the first",
+                          "compute W0 + (α/r)·BA afresh on every call, without side effects")
+        if gap(forward(layer, x), out_before.double()) > TOLERANCE:
+            raise Mistake("forward gives a different output after merged_weight() was called",
+                          "merged_weight() must leave the layer as it was: compute and return a new tensor")
+        with torch.no_grad():  # training moves A and B: the merge must follow them
+            p.B.add_(_randn(p.B.shape))
+            p.A.add_(_randn(p.A.shape))
+        if followed and gap(forward(layer, x), _dense(x, p, s)) > TOLERANCE:
+            raise Mistake("once merged_weight() has been called, forward no longer follows A and B as they change: "
+                          "it serves the weight merged then",
+                          "merged_weight() only returns a tensor; forward always computes base(x) + the low-rank term")
+        want, W0, BA = _expected_merge(p, s)
+        if gap(_merged(layer, "after A and B changed"), want) > TOLERANCE:
+            raise Mistake("after A and B change (as training changes them), merged_weight() still returns the old "
+                          "merge: it is cached or stale",
+                          "compute W0 + (α/r)·BA from the current parameters on every call")
+    return ("merged_weight() == W0 + (α/r)·BA, a new tensor: the same when called twice, following A and B as "
+            "they train, and forward unchanged after it, so the update folds into W0 with no added latency (§4.1)")
+
+
+# ----------------------------------------------------------------------------------------------------- check 6
+
+
+@check(6, "gradients reach A, B and the input, not the base")
 def gradients_flow(cls) -> str:
-    layer = make(cls, 10, 6, r=2, alpha=4)
+    n_in, n_out = 10, 6
+    layer = make(cls, n_in, n_out, r=2, alpha=4)  # train mode, with any dropout off (oracle.run)
     p = parts(layer)
-    x, target = _randn(8, 10), _randn(8, 6)
-    out = forward(layer, x)
+    randomise(layer)
+    with torch.no_grad():
+        p.B.zero_()  # only the frozen path carries x's gradient now: ∂L/∂x = g W0
+    x = _randn(8, n_in, requires_grad=True)
+    out = oracle.run(layer, x, train=True)
     if not out.requires_grad:
-        raise Mistake("the output carries no gradient at all: the low-rank path is cut off from autograd",
-                      "do not .detach() the low-rank path or compute it under torch.no_grad()")
+        raise Mistake("the output carries no gradient at all: forward is cut off from autograd",
+                      "do not .detach() anything in forward or compute it under torch.no_grad()")
+    if gap(out, p.base(x).detach().double()) > TOLERANCE:
+        raise Mistake("with base.weight and base.bias set to new values in place and B = 0, layer(x) is not "
+                      "base(x): forward reads a copy of W0 taken earlier, not self.base as it is now",
+                      "compute the frozen path from self.base at call time: self.base(x); keep no copy of its weight")
+    g = _randn(out.shape)
     try:
-        F.mse_loss(out, target).backward()
+        (out * g).sum().backward()
     except RuntimeError as exc:
-        raise Mistake(f"backward failed: {exc}", "A and B must be trainable and used in forward") from exc
-    if p.B.grad is None:
-        raise Mistake("no gradient reached B: the low-rank path is cut off from autograd",
-                      "do not .detach() it or compute it under torch.no_grad(); B must be an nn.Parameter")
-    if _max_abs(p.B.grad) == 0:
-        raise Mistake("B's gradient at init is exactly zero, because A is zero: nothing can ever learn",
-                      "initialise A at random (Gaussian in §4.1) and B at zero; not the other way round")
+        hint = ("forward must not modify in place a tensor autograd saved, its input x among them"
+                if "inplace" in str(exc) else "A and B must be trainable parameters used in forward")
+        raise Mistake(f"backward failed: {exc}", hint) from exc
     for name, t in (("base.weight", p.base.weight), ("base.bias", p.base.bias)):
         if t is not None and t.grad is not None:
-            raise Mistake(f"{name} received a gradient: the base is not frozen",
-                          "self.base.requires_grad_(False)")
-    # dL/dA = (α/r)·Bᵀ(...) is zero while B = 0; once B has moved, A must get a gradient too.
+            raise Mistake(f"{name} received a gradient: the base is not frozen", "self.base.requires_grad_(False)")
+    frozen_path = g @ p.base.weight.detach()
+    if x.grad is None or gap(x.grad, frozen_path.double()) > TOLERANCE:
+        seen = "no gradient reaches the input x" if x.grad is None else "the input's gradient is not g·W0 with B = 0"
+        raise Mistake(f"{seen}: the frozen path is cut off from autograd (x.detach(), .data on x, or torch.no_grad() "
+                      "around base(x)). W0 needs no gradient, but x does: in a stack of these layers, every layer "
+                      "below learns through it",
+                      "compute self.base(x) with autograd on; freezing is requires_grad_(False) on base's parameters")
+    if p.B.grad is None or _max_abs(p.B.grad) == 0:
+        raise Mistake("no gradient reached B with A random: the low-rank path is cut off from autograd",
+                      "do not .detach() it or compute it under torch.no_grad(); B must be an nn.Parameter")
     with torch.no_grad():
         p.B.copy_(_randn(p.B.shape))
-    p.A.grad = p.B.grad = None
-    F.mse_loss(forward(layer, x), target).backward()
+    for q in layer.parameters():
+        q.grad = None
+    (oracle.run(layer, x, train=True) * g).sum().backward()
     if p.A.grad is None or _max_abs(p.A.grad) == 0:
         raise Mistake("with B non-zero, A still gets no gradient: A does not take part in the low-rank path",
                       "forward must compute (x @ A.T) @ B.T with the parameters themselves")
-    return "B gets a gradient at init, A once B has moved; base.weight.grad stays None"
+    return "A, B and the input x get gradients (x's through the frozen path too); base's .grad stays None"
+
+
+# ----------------------------------------------------------------------------------------------------- check 7
+
+
+def _formula_diagnosis(config, out, x, p, expected) -> tuple[str, str]:
+    """Name the likely cause: a wrong scale on the low-rank term, a missing bias, or something else."""
+    xd = x.detach().double()
+    base = xd @ p.base.weight.detach().double().T
+    low = (xd @ p.A.detach().double().T) @ p.B.detach().double().T
+    b = p.base.bias.detach().double() if p.base.bias is not None else 0
+    got = out.detach().double()
+    s, r, alpha = config.scaling, config.r, config.alpha
+    fit = ((got - base - b) * low).sum().item() / max((low * low).sum().item(), 1e-12)
+    if gap(got, base + b + fit * low) <= TOLERANCE:
+        causes = {1.0: "the scaling is missing", float(alpha): "it uses α instead of α/r",
+                  r / alpha: "it uses r/α instead of α/r", float(alpha // r): "it uses α // r (integer division)",
+                  0.0: "the low-rank term is missing"}
+        cause = next((c for k, c in causes.items() if abs(fit - k) < 1e-3 * max(1.0, k)), "α or r is ignored")
+        return (f"the low-rank term is scaled by {fit:.4g}, not α/r = {s:.4g}: {cause}",
+                "scale the update by alpha / r, the same number as self.scaling")
+    if p.base.bias is not None and gap(got, base + s * low) <= TOLERANCE:
+        return "the output lacks the base's bias b", "the frozen path is self.base(x), bias included"
+    return (f"the output differs from x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ by up to "
+            f"{(got - expected).abs().max().item():.3g}",
+            "forward = self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T), reading base, A and B as they "
+            "are at call time (no private copies), for any input shape and layout, in train and eval mode")
+
+
+def judge_formula(cls, config: oracle.Config) -> None:
+    """One configuration of check 7: output and gradients against the float64 formula; raises Mistake if off."""
+    layer = config.build(cls)
+    randomise(layer)
+    p = parts(layer)
+    x = config.input(requires_grad=True)
+    for q in layer.parameters():
+        q.grad = None
+    out = oracle.run(layer, x, config.train)
+    g = _randn(*config.lead, config.out_features)
+    want = formula(x, p.base.weight, p.base.bias, p.A, p.B, config.scaling, g)
+    if tuple(out.shape) != tuple(want.out.shape):
+        raise fail(config, f"the output has shape {tuple(out.shape)}; expected {tuple(want.out.shape)}",
+                   "forward maps (..., in_features) to (..., out_features)")
+    if gap(out, want.out) > TOLERANCE:
+        raise fail(config, *_formula_diagnosis(config, out, x, p, want.out))
+    if not out.requires_grad:
+        raise fail(config, "the output carries no gradient",
+                   "keep forward in autograd: no .detach() or torch.no_grad()")
+    (out * g).sum().backward()
+    for name, got in (("x", None if x.grad is None else gap(x.grad, want.grad_x)),
+                      ("A", param_grad_gap(layer, p.A, want.grad_A)),
+                      ("B", param_grad_gap(layer, p.B, want.grad_B))):
+        if got is None:
+            raise fail(config, f"no gradient reached {name}",
+                       f"{name} must take part in forward through autograd")
+        if got > TOLERANCE:
+            raise fail(config, f"the gradient with respect to {name} is not the formula's (off by "
+                               f"{got:.3g}, relative): a hand-written backward, or a forward whose value is right "
+                               "but whose graph is not",
+                       "let autograd differentiate forward; if you write a backward, check it with "
+                       "torch.autograd.gradcheck in float64")
 
 
 @check(7, "forward matches the LoRA formula")
-def formula(cls) -> str:
-    for n_in, n_out, r, alpha, bias in ((12, 8, 4, 8, True), (9, 5, 3, 7, True), (6, 10, 2, 3, False),
-                                        (5, 7, 1, 2, True)):
-        layer = make(cls, n_in, n_out, r=r, alpha=alpha, bias=bias)
-        layer.eval()
-        p = parts(layer)
-        _randomise(p)
-        s = alpha / r
-        scaling = getattr(layer, "scaling", None)
-        if not isinstance(scaling, (int, float, torch.Tensor)) or abs(float(scaling) - s) > 1e-6 * s:
-            raise Mistake(f"layer.scaling is {scaling!r} for r={r}, alpha={alpha}; expected α/r = {s:.4g}",
+def formula_matches(cls) -> str:
+    drawn = configs()
+    for config in drawn[:6]:
+        layer = config.build(cls)
+        s = _scaling_value(layer)
+        if s is None or abs(s - config.scaling) > 1e-6 * config.scaling:
+            raise Mistake(f"layer.scaling is {getattr(layer, 'scaling', None)!r} for r={config.r}, "
+                          f"alpha={config.alpha}; expected α/r = {config.scaling:.4g}",
                           "self.scaling = alpha / r (true division: r need not divide α)")
-        for batch in ((4,), (2, 3)):
-            x = _randn(*batch, n_in)
-            out = forward(layer, x).detach().double()
-            xd = x.double()
-            xw = xd @ p.base.weight.detach().double().T
-            b = p.base.bias.detach().double() if p.base.bias is not None else 0
-            low = (xd @ p.A.detach().double().T) @ p.B.detach().double().T
-            gap = _max_abs(out - (xw + b + s * low))
-            if gap > 1e-4 * max(1.0, _max_abs(out)):
-                raise Mistake(*_formula_diagnosis(out, xw, b, low, s, r, alpha, gap))
-    return "x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ for 4 (in, out, r, α), r ∤ α and 3-D input included"
+    for config in drawn:
+        judge_formula(cls, config)
+    largest = max(drawn, key=lambda c: c.in_features * c.out_features)
+    return (f"output and gradients (x, A, B) equal x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ in float64 for {len(drawn)} drawn "
+            f"configurations (sizes up to {largest.in_features}×{largest.out_features}, r up to "
+            f"{max(c.r for c in drawn)}, r ∤ α, bias on and off, 2-D to 4-D and strided input, train and eval)")
 
 
-def _formula_diagnosis(out, xw, b, low, s, r, alpha, gap):
-    """Name the likely cause: a wrong scale on the low-rank term, a missing bias, or something else."""
-    where = f"at r={r}, alpha={alpha}"
-    base = xw + b
-    fit = ((out - base) * low).sum().item() / max((low * low).sum().item(), 1e-12)
-    if _max_abs(out - base - fit * low) <= 1e-4 * max(1.0, _max_abs(out)):
-        causes = {1.0: "the scaling is missing", float(alpha): "it uses α instead of α/r",
-                  r / alpha: "it uses r/α instead of α/r", float(alpha // r): "it uses α // r (integer division)"}
-        cause = next((c for k, c in causes.items() if abs(fit - k) < 1e-3 * max(1.0, k)), "α or r is ignored")
-        return (f"the low-rank term is scaled by {fit:.4g} {where}, not α/r = {s:.4g}: {cause}",
-                "scale the update by self.scaling = alpha / r")
-    if isinstance(b, torch.Tensor) and _max_abs(out - (xw + s * low)) <= 1e-4 * max(1.0, _max_abs(out)):
-        return (f"the output lacks the base's bias b {where}", "the frozen path is self.base(x), bias included")
-    return (f"output differs from x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ by up to {gap:.3g} {where}",
-            "forward = self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)")
+# ----------------------------------------------------------------------------------------------------- check 8
 
 
 @check(8, "paper's init: B zero, A random")
 def paper_init(cls) -> str:
-    p = parts(make(cls, 16, 12, r=4, alpha=8))
+    layers = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        layers.append(parts(make(cls, 16, 12, r=4, alpha=8)))
+    p = layers[0]
     if _max_abs(p.B) != 0:
-        raise Mistake(f"B starts non-zero (max |B| = {_max_abs(p.B):.3g})", "self.B = nn.Parameter(torch.zeros(out_features, r))")
-    if _max_abs(p.A) == 0 or torch.unique(p.A.detach()).numel() < 2:
-        raise Mistake("A starts constant (all zero?): with B = 0 too, no gradient ever reaches A or B",
+        raise Mistake(f"B starts non-zero (max |B| = {_max_abs(p.B):.3g}). The paper starts B at zero and A random "
+                      "(§4.1): ΔW = BA = 0 at step 0, so training begins at the pretrained model, and B gets the "
+                      "first gradient",
+                      "self.B = nn.Parameter(torch.zeros(out_features, r)); A random, e.g. torch.randn(r, in_features)")
+    if _max_abs(p.A) == 0:
+        raise Mistake("A starts at zero: with B = 0 too, ∂L/∂A ∝ B = 0 and ∂L/∂B ∝ A = 0, so no gradient ever "
+                      "reaches either and nothing learns",
                       "initialise A at random, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
-    return "B == 0 and A random, so ΔW = 0 at step 0 but gradients can flow"
+    if _equal(p.A.detach(), layers[1].A.detach()) or torch.unique(p.A.detach()).numel() < 2:
+        raise Mistake("A is the same for every fresh layer (two layers built under different seeds start with "
+                      "the same A): it is a fixed matrix, not random",
+                      "draw A at random in __init__, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
+    return "B == 0 and A random (fresh layers differ), so ΔW = 0 at step 0 but gradients can flow"
+
+
+# ----------------------------------------------------------------------------------------------------- check 9
 
 
 @check(9, "loss falls on the toy task")
@@ -263,53 +462,82 @@ def loss_falls(cls) -> str:
     run = toy_run(cls)
     # A quarter, not ~0: LoRA dropout (a correct choice) leaves a noisy fit after a short run.
     if not run.end_loss <= 0.25 * run.start_loss:
-        raise Mistake(f"after {len(run.losses)} Adam steps the held-out loss went from {run.start_loss:.3g} to "
-                      f"{run.end_loss:.3g}, not below a quarter of where it started",
+        raise Mistake(f"in the checks' own run ({len(run.losses)} Adam steps on a fresh LoRALinear(16, 12, r=2)) "
+                      f"the held-out loss went from {run.start_loss:.3g} to {run.end_loss:.3g}, not below a quarter "
+                      "of where it started",
                       "check that forward uses A and B, that both train, and that A starts random")
-    return f"held-out loss fell below a quarter of its start in {len(run.losses)} Adam steps (rank-2 teacher)"
+    return (f"held-out loss fell below a quarter of its start in the checks' own run of {len(run.losses)} Adam "
+            "steps (rank-2 teacher)")
+
+
+# ----------------------------------------------------------------------------------------------------- check 10
 
 
 class _MadeTensors(TorchFunctionMode):
-    """Records the function and shape of every new tensor a torch call returns (views excluded).
+    """Keeps every tensor a torch call returns during forward whose size is `numel`.
 
     A TorchFunctionMode, not a TorchDispatchMode: entering a dispatch mode imports torch._dynamo, about 2 s.
     """
 
-    def __init__(self):
+    def __init__(self, numel: int):
         super().__init__()
-        self.made = []
+        self.numel, self.made = numel, []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and out._base is None:
-            self.made.append((getattr(func, "__name__", str(func)), tuple(out.shape)))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.made.append((getattr(func, "__name__", str(func)), out.detach()))
         return out
+
+
+def _is_delta(t: torch.Tensor, targets: list, n_out: int, n_in: int) -> str:
+    """Which of ΔW's forms `t` holds, in any layout ((out, in), (in, out), or with extra unit dimensions)."""
+    t = t.double()
+    for layout in (t.reshape(n_out, n_in), t.reshape(n_in, n_out).T):
+        for name, target in targets:
+            if gap(layout, target) <= TOLERANCE:
+                return name
+    return ""
 
 
 @check(10, "no dense ΔW in forward")
 def stays_low_rank(cls) -> str:
-    n_in, n_out = 24, 20
-    layer = make(cls, n_in, n_out, r=2, alpha=4)
-    p = parts(layer)
-    _randomise(p)
-    with _MadeTensors() as seen:
-        forward(layer, _randn(3, n_in))
-    dense = [(op, shape) for op, shape in seen.made if len(shape) == 2 and sorted(shape) == sorted((n_in, n_out))]
-    if dense:
-        op, shape = dense[0]
-        raise Mistake(f"forward built a dense {shape} matrix with {op}: that is ΔW = B·A at full size, "
-                      "which costs what W0 costs and defeats the memory claim",
-                      "project down, then up: (x @ self.A.T) @ self.B.T never makes an (out, in) matrix")
-    return "forward goes down to rank r and back up; no (out, in) ΔW is ever built"
+    for n_in, n_out, r, alpha in ((24, 20, 3, 5), (40, 36, 6, 9)):
+        layer = make(cls, n_in, n_out, r=r, alpha=alpha)
+        layer.eval()
+        p = parts(layer)
+        randomise(layer)
+        W0, BA = p.base.weight.detach().double(), p.B.detach().double() @ p.A.detach().double()
+        s = alpha / r
+        targets = [("B·A", BA), ("(α/r)·B·A", s * BA), ("W0 + (α/r)·B·A", W0 + s * BA)]
+        for lead in ((1,), (3,), (17,), (2, 20), (2, 3, 7)):
+            with _MadeTensors(n_in * n_out) as seen:
+                forward(layer, _randn(*lead, n_in))
+            for op, t in seen.made:
+                what = _is_delta(t, targets, n_out, n_in)
+                if what:
+                    raise Mistake(
+                        f"forward built the dense {what} ({n_out}×{n_in} numbers, with {op}) for an input of shape "
+                        f"{(*lead, n_in)}. The contract's forward goes down to rank r and back up; a dense ΔW costs an "
+                        "(out, in) temporary and an out·in·r multiply on every forward, the compute and memory of W0 "
+                        "again",
+                        "project down, then up: (x @ self.A.T) @ self.B.T never makes an (out, in) matrix; "
+                        "merging belongs in merged_weight()")
+    return "forward goes down to rank r and back up; no (out, in) ΔW is built at any batch size"
+
+
+# ----------------------------------------------------------------------------------------------------- check 11
 
 
 @check(11, "input left untouched")
 def input_untouched(cls) -> str:
-    layer = make(cls, 10, 6, r=2, alpha=4)
-    _randomise(parts(layer))
-    x = _randn(4, 10)
-    x_before = x.clone()
-    forward(layer, x)
-    if not _equal(x, x_before):
-        raise Mistake("forward changed its input tensor in place", "use out-of-place ops on x (x * s, not x.mul_(s))")
-    return "forward leaves x as it found it"
+    for config in configs()[:8]:
+        layer = config.build(cls)
+        randomise(layer)
+        x = config.input()
+        x_before = x.clone()
+        forward(layer, x)
+        if not _equal(x, x_before):
+            raise fail(config, "forward changed its input tensor in place",
+                       "use out-of-place ops on x (x * s, not x.mul_(s))")
+    return "forward leaves x as it found it (2-D to 4-D, strided, train and eval)"

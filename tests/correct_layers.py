@@ -77,13 +77,6 @@ class LoRADropoutMergeable(_Frozen):
             self.merged = False
 
 
-class NoBiasByDefault(KaimingA):
-    """A different default for bias: the contract's keyword arguments still reach it."""
-
-    def __init__(self, in_features, out_features, r=4, alpha=8, bias=False):
-        super().__init__(in_features, out_features, r, alpha, bias)
-
-
 class WrapsLoralib(nn.Module):
     """Wraps loralib's LoRA Linear, exposing its factors as A, B and its weight as base, through properties."""
 
@@ -113,4 +106,4 @@ class WrapsLoralib(nn.Module):
         return self.inner.weight + self.inner.scaling * (self.inner.lora_B @ self.inner.lora_A)
 
 
-CORRECT = [KaimingA, TinyGaussianEinsum, LoRADropoutMergeable, NoBiasByDefault, WrapsLoralib]
+CORRECT = [KaimingA, TinyGaussianEinsum, LoRADropoutMergeable, WrapsLoralib]

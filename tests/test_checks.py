@@ -1,38 +1,52 @@
-"""The checks in process: every broken layer is caught by its check, every correct variant passes."""
+"""The checks in process: every broken layer fails first on its check with a hint, every correct variant passes."""
 import pytest
 import torch
 
 import checks
+from checks import catalogue
 from checks.probe import Adam
 from checks.runner import evaluate
 from solution import LoRALinear
 from tests import correct_layers, mistakes
 
+VARIANTS = catalogue.variants(LoRALinear)
 
-def failing_ids(cls) -> set[int]:
-    return {r.id for r in evaluate(cls) if not r.passed}
+
+def failing(cls) -> list:
+    return [r for r in evaluate(cls) if not r.passed]
 
 
 def test_reference_solution_passes_every_check():
-    assert failing_ids(LoRALinear) == set()
+    assert failing(LoRALinear) == []
 
 
-@pytest.mark.parametrize("name", sorted(mistakes.CAUGHT_BY))
-def test_each_mistake_is_caught_by_its_check(name):
-    results = {r.id: r for r in evaluate(getattr(mistakes, name))}
-    caught = results[mistakes.CAUGHT_BY[name]]
-    assert not caught.passed, f"check {caught.id} let {name} through: {caught.message}"
-    assert caught.hint, f"check {caught.id} names no fix for {name}"
+@pytest.mark.parametrize("entry", mistakes.ENTRIES, ids=lambda e: e.name)
+def test_each_mistake_fails_first_on_its_check_with_a_hint(entry):
+    found = failing(entry.cls)
+    assert found, f"every check passed {entry.name}: {entry.what}"
+    first = found[0]
+    assert first.id == entry.check, f"{entry.name} ({entry.what}) failed first on check {first.id}: {first.message}"
+    assert all(r.hint for r in found), [r.line() for r in found if not r.hint]
 
 
 def test_catalogue_is_large_enough():
-    assert len(mistakes.CAUGHT_BY) >= 20
+    assert len(mistakes.ENTRIES) >= 40 and len(VARIANTS) >= 8
+    assert len({e.name for e in mistakes.ENTRIES + VARIANTS}) == len(mistakes.ENTRIES) + len(VARIANTS)
+    assert {e.check for e in mistakes.ENTRIES} >= set(range(1, 12)) - {9, 11}
 
 
-@pytest.mark.parametrize("cls", correct_layers.CORRECT, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", correct_layers.CORRECT + [v.cls for v in VARIANTS], ids=lambda c: c.__name__)
 def test_correct_variants_pass_every_check(cls):
-    failures = [r.line() for r in evaluate(cls) if not r.passed]
-    assert failures == []
+    assert [r.line() for r in failing(cls)] == []
+
+
+def test_mistakes_derive_from_any_correct_class():
+    """The catalogue uses only the contract, so a learner's own correct class works as its base."""
+    entries = catalogue.mistakes(correct_layers.KaimingA)
+    assert {e.name for e in entries} == set(mistakes.CAUGHT_BY)
+    wrong = {e.name: e for e in entries}
+    assert [r.id for r in failing(wrong["ScalingIsAlpha"].cls)][:1] == [7]
+    assert [r.id for r in failing(wrong["BRandomInit"].cls)][:1] == [2]
 
 
 def test_notebook_view_raises_check_failed_with_message_and_hint(capsys):
