@@ -57,6 +57,14 @@ def test_the_checkpoints_are_35_mb_and_350_gb(budget):
     assert round(budget["hundred_tasks_bytes"] / 1e9) == 354  # §4.2, footnote 4: ≈354 GB for 100 tasks
 
 
+def test_the_papers_rounding_is_stated_beside_the_exact_numbers():
+    report = lab.parameter_budget(Correct)
+    text = repr(report)
+    assert "18.9M (18,874,368)" in text and "37.7 MB (36.0 MiB)" in text  # ours, exact
+    assert '"18M (roughly 35MB)"' in text and "(§7.1)" in text  # the paper's, as printed, and where
+    assert "9,285×" in text and "rounded" in text
+
+
 def test_the_toy_count_is_r_times_in_plus_out(budget):
     assert budget["toy_trainable"] == 4 * (64 + 32)
     assert budget["toy_total"] == 64 * 32 + 32 + 4 * (64 + 32)
@@ -71,6 +79,33 @@ def test_memory_figures_match_hand_counts():
                                   total=4 * dense * f32)
     assert values["lora"] == dict(weights=(dense + low_rank) * f32, gradients=low_rank * f32,
                                   adam=2 * low_rank * f32, total=(dense + 4 * low_rank) * f32)
+
+
+# --- latency: the adapter in sequence, and the flop ratio ------------------------------------------------------
+def test_the_flop_ratio_is_one_plus_r_in_plus_out_over_in_out():
+    assert lab.flop_ratio(512, 512, 8) == pytest.approx(1.03125)
+    assert lab.flop_ratio(1024, 1024, 8) == pytest.approx(1 + 16 / 1024)
+    assert lab.flop_ratio(64, 32, 4) == pytest.approx(1 + 4 * 96 / (64 * 32))
+
+
+def test_the_adapter_runs_after_the_layer_through_a_nonlinearity():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 6)
+    adapter = lab.AdapterInSequence(base, 6, 2)
+    x = torch.randn(3, 6)
+    h = base(x)
+    expected = h + adapter.up(torch.relu(adapter.down(h)))  # in sequence: the bottleneck sees the layer's output
+    torch.testing.assert_close(adapter(x), expected)
+    # Not a linear map, so no single merged weight can stand in for it (Table 1's adapters keep their latency).
+    assert not torch.allclose(adapter(2 * x) - adapter(torch.zeros(1, 6)), 2 * (adapter(x) - adapter(torch.zeros(1, 6))))
+
+
+def test_latency_times_four_variants_and_states_their_flops():
+    report = lab.latency(Correct, d=32, r=4, repeats=2, number=2, plot=False)
+    assert list(report.values["median_us"]) == ["base nn.Linear", "merged W0 + BA", "unmerged LoRA",
+                                                "adapter in sequence"]
+    assert report.values["flops"]["unmerged LoRA"] == report.values["flops"]["adapter in sequence"] == 1.25
+    assert "per-call overhead" in repr(report) and "1.04× at 1024 rows" in repr(report)
 
 
 # --- the mixed-adapter batch: per-row references ----------------------------------------------------------------
@@ -135,6 +170,31 @@ def test_rank_ablation_shows_the_cliff_below_the_true_rank():
     assert all(final[r] >= floor[r] - 1e-6 for r in final)  # nothing beats the best possible
     assert final[1] > 0.1 * start  # below the true rank: the cliff
     assert final[2] < 1e-2 * start and final[8] < 1e-2 * start  # at and above it: flat near zero
+
+
+def test_rank_ablation_states_an_exact_zero_floor_and_prints_small_losses():
+    report = lab.rank_ablation(Correct, true_rank=2, ranks=(1, 2, 8), d=16, plot=False)
+    floor = report.values["floor"]
+    assert floor[1] > 0 and floor[2] == floor[8] == 0.0  # Eckart–Young: exactly zero from the true rank on
+    rows = {row[0]: row for row in report.rows}
+    assert rows[2][2] == "0 (exact)" and "e-" in rows[2][1]  # the final loss in scientific notation, not 0.00
+    assert not any(cell == "0.00" for row in report.rows for cell in row)
+    assert any("best possible is exactly 0" in note for note in report.notes)
+
+
+def test_the_rank_plot_draws_no_floor_at_a_made_up_value(monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    lab.rank_ablation(Correct, true_rank=2, ranks=(1, 2, 8), d=16)
+    (fig,) = shown
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    floor = lines["best possible at rank r"]
+    assert list(floor.get_xdata()) == [1]  # drawn only where the best possible is above zero
+    assert list(lines["best possible = 0 exactly (marked at the foot)"].get_xdata()) == [2, 8]
+    plt.close(fig)
 
 
 # --- which weights, Table 5 in miniature ------------------------------------------------------------------------
