@@ -167,7 +167,11 @@ def summary(clock: DrillClock, LoRALinear, mine=None) -> Summary:
     and the clock's laps. The rubric's other items (a table cited, a limitation named, narration) need a listener."""
     rows = []
     if mine is None or not mine.written:
-        rows.append(("Wrote at least two sanity checks before being asked", "no checks of your own were run", "✗"))
+        rows.append(("Wrote at least two sanity checks before being asked",
+                     "none written yet (the first cell of Part 4)", "✗"))
+    elif getattr(mine, "blocked", ""):
+        rows.append(("Wrote at least two sanity checks before being asked",
+                     f"{len(mine.written)} written; not scored, because your layer fails the kit's checks", "✗"))
     else:
         written = len(mine.written)
         score = (f"{written} written; caught {len(mine.caught)} of {len(mine.caught) + len(mine.missed)} "

@@ -16,8 +16,10 @@ from checks.report import CheckFailed
 _PASSED = weakref.WeakSet()  # classes that passed every check once: the checks need not run again
 
 
-def require_passing(cls) -> None:
-    """Raise CheckFailed unless every check passes: a lab number measured on a broken layer would mislead."""
+def require_passing(cls, why: str = "The lab measures your own LoRALinear", what: str = "The lab cannot measure "
+                    "your LoRALinear yet") -> None:
+    """Raise CheckFailed unless every check passes: a lab number measured on a broken layer would mislead.
+    `why` opens the message when a check fails; `what`, when the layer cannot be used at all."""
     if cls in _PASSED:
         return
     from checks.runner import evaluate
@@ -25,12 +27,11 @@ def require_passing(cls) -> None:
     try:
         results = evaluate(cls)
     except Unusable as u:
-        raise CheckFailed(f"The lab cannot measure your LoRALinear yet: {u.message}"
-                          + (f"\n    hint: {u.hint}" if u.hint else "")) from None
+        raise CheckFailed(f"{what}: {u.message}" + (f"\n    hint: {u.hint}" if u.hint else "")) from None
     failed = [r for r in results if not r.passed]
     if failed:
         lines = "\n".join(r.line() for r in failed)
-        raise CheckFailed("The lab measures your own LoRALinear, so every check must pass first. "
+        raise CheckFailed(f"{why}, so every check must pass first. "
                           f"{len(failed)} of {len(results)} fail:\n{lines}\nFix them in Part 3, run "
                           "checks.run_all(LoRALinear), then this cell again.", tuple(results))
     _PASSED.add(cls)

@@ -87,8 +87,8 @@ def _clock_after(minutes):
     return clock
 
 
-def _mine(written, caught, missed, false_alarms):
-    return SimpleNamespace(written=written, caught=caught, missed=missed, false_alarms=false_alarms)
+def _mine(written, caught, missed, false_alarms, blocked=""):
+    return SimpleNamespace(written=written, caught=caught, missed=missed, false_alarms=false_alarms, blocked=blocked)
 
 
 def test_the_summary_scores_the_learners_checks_the_kits_and_the_laps():
@@ -104,8 +104,9 @@ def test_the_summary_scores_the_learners_checks_the_kits_and_the_laps():
 
 
 @pytest.mark.parametrize("mine", [None, _mine(["only_one"], ["BRandomInit"], [], []),
-                                  _mine(["a", "b"], ["BRandomInit"], [], ["LoRADropout"])],
-                         ids=["none", "one check", "a false alarm"])
+                                  _mine(["a", "b"], ["BRandomInit"], [], ["LoRADropout"]),
+                                  _mine(["a", "b"], [], [], [], blocked="check 2 fails")],
+                         ids=["none", "one check", "a false alarm", "not scored"])
 def test_the_checks_item_fails_without_two_checks_free_of_false_alarms(mine):
     result = summary(_clock_after([15]), Correct, mine=mine)
     (mark,) = [m for item, _, m in result.rows if item.startswith("Wrote at least two")]
