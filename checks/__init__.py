@@ -11,7 +11,7 @@ import importlib
 _WHERE = {
     "run_all": "checks.runner", "run_one": "checks.runner", "evaluate": "checks.runner", "check": "checks.runner",
     "CheckFailed": "checks.report", "Result": "checks.report",
-    "swap_in": "checks.drill", "DrillClock": "checks.drill",
+    "swap_in": "checks.drill", "DrillClock": "checks.drill", "test_my_checks": "checks.my_checks",
 }
 _NUMBERED = {f"check_{n}": n for n in range(1, 12)}
 
