@@ -77,7 +77,7 @@ def _notes(final: dict, floor: dict, start: float, true_rank: int, steps: int) -
 
 def _plot(final: dict, floor: dict, true_rank: int) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
     ranks = list(final)
     ax.plot(ranks, [final[r] for r in ranks], "o-", label="your layer, final loss")
     below = [r for r in ranks if floor[r] > 0]
@@ -94,6 +94,6 @@ def _plot(final: dict, floor: dict, true_rank: int) -> None:
     ax.set_title("Rank ablation (Table 6 in miniature)")
     ax.set_xlabel("rank r")
     ax.set_ylabel("final MSE (log scale)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the plot: no run hidden under it
     fig.tight_layout()
     plt.show()

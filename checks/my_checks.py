@@ -19,6 +19,7 @@ from checks.catalogue import Entry, mistakes, variants
 from checks.lab_kit import require_passing
 from checks.report import CheckFailed
 
+_WRITE_FIRST = "Write your checks in place of the NotImplementedError lines above, then run the cell again."
 YOURS = "YourLoRALinear"  # the learner's own class, the first correct layer every check must accept
 
 
@@ -60,7 +61,10 @@ class MyChecks:
     def __repr__(self) -> str:
         if self.blocked:
             return "Your checks against the kit's catalogue: not scored\n" + self._blocked_text()
-        lines = ["Your checks against the kit's catalogue", self._score(), ""]
+        lines = ["Your checks against the kit's catalogue", self._score()]
+        if not self.written:
+            return "\n".join(lines + [_WRITE_FIRST])
+        lines.append("")
         width = max([len("check")] + [len(name) for name in self.by_check])
         lines.append(f"{'check'.ljust(width)}  caught  false alarms")
         for name, found in self.by_check.items():
@@ -80,6 +84,8 @@ class MyChecks:
         if self.blocked:
             return ("<b>Your checks against the kit's catalogue: not scored</b><pre>"
                     f"{esc(self._blocked_text())}</pre>")
+        if not self.written:
+            return f"<b>Your checks against the kit's catalogue</b><p>{esc(self._score())}</p><p>{esc(_WRITE_FIRST)}</p>"
         checks = "".join(f"<tr><td style='text-align:left'><code>{esc(n)}</code></td><td>{len(f['caught'])}</td>"
                          f"<td>{len(f['false_alarms'])}</td></tr>" for n, f in self.by_check.items())
         alarms = "".join(f"<li><code>{esc(c)}</code> raised on <code>{esc(layer)}</code>: {esc(m)}</li>"

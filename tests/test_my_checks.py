@@ -64,6 +64,8 @@ def test_a_check_left_as_a_stub_counts_as_not_written():
     assert result.written == ["b_is_zero"] and result.unwritten == ["my_check_2"]
     assert result.false_alarms == []  # a stub is not a false alarm
     assert "Not written yet: my_check_2" in repr(result)
+    nothing = score(my_check_2, base=Correct)
+    assert nothing.written == [] and "Write your checks" in repr(nothing) and "BRandomInit" not in repr(nothing)
 
 
 def test_checks_sharing_a_name_are_told_apart():
