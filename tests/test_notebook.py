@@ -3,6 +3,7 @@ Colab would see it (the notebook alone, in an empty folder, in a fresh environme
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -47,12 +48,30 @@ def test_shipped_notebook_stops_at_the_stub(monkeypatch):
     assert "toy-task" in error_cell(nb).metadata.get("tags", [])  # the first cell that builds a layer
 
 
+MY_CHECKS = """
+def b_starts_at_zero(LoRALinear):
+    assert torch.all(LoRALinear(16, 8).B == 0)
+
+
+def shapes(LoRALinear):
+    layer = LoRALinear(10, 6, r=2)
+    assert layer.A.shape == (2, 10) and layer.B.shape == (6, 2)
+
+
+mine = checks.test_my_checks(b_starts_at_zero, shapes, base=LoRALinear)
+mine
+"""
+
+
 def test_a_learners_correct_layer_runs_clean(monkeypatch):
     nb = with_stub(CORRECT)
+    next(c for c in nb.cells if c.get("id") == "part4-mine").source = MY_CHECKS  # the learner writes two checks
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('torch._dynamo' in sys.modules)"))
     execute(nb, monkeypatch)
     summary = next(c for c in nb.cells if c.source.strip() == "checks.run_all(LoRALinear)")
     assert "11 of 11 checks passed." in summary.outputs[0].text
+    closing = next(c for c in nb.cells if c.get("id") == "summary").outputs[0].data["text/plain"]
+    assert "2 written; caught 2 of" in closing and "0 false alarm(s)" in closing and "11 of 11 passed" in closing
     # torch.optim's first step imports torch._dynamo (1.5 s, the notebook's largest single cost): neither the toy
     # loop nor the checks nor the lab may pay it.
     assert nb.cells[-1].outputs[0].text.strip() == "False"
@@ -65,6 +84,22 @@ def test_a_broken_layer_stops_at_the_check_that_catches_it(monkeypatch):
     assert raised.value.ename == "CheckFailed"
     assert error_cell(nb).source.strip() == "checks.check_2(LoRALinear)"
     assert "B is not zero" in raised.value.evalue
+
+
+# The paper's init taken literally (§4.1: A random Gaussian, B zero), A ~ N(0, 1) with no scaling down: correct, and
+# large enough that plain gradient descent at the toy's old learning rate went to NaN.
+PAPER_LITERAL_INIT = CORRECT.replace("torch.randn(r, in_features) / r", "torch.randn(r, in_features)")
+
+
+def test_the_papers_literal_init_runs_clean_and_the_toy_learns(monkeypatch):
+    assert PAPER_LITERAL_INIT != CORRECT
+    nb = with_stub(PAPER_LITERAL_INIT)
+    nb.cells.append(nbformat.v4.new_code_cell("print(losses[-1] / losses[0])"))
+    execute(nb, monkeypatch)  # raises on any cell's error
+    texts = [o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+             for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [t for t in texts if re.search(r"\bnan\b", t, re.IGNORECASE)], "a NaN in the outputs"
+    assert float(nb.cells[-1].outputs[0].text) < 0.05  # the toy loss ends below 5% of its start
 
 
 def _environment_without_the_kit(where: Path) -> Path:
