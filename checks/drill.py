@@ -96,7 +96,7 @@ class ToyVerdict:
 
 _NAN_CAUSES = ("the update is scaled too much (α instead of α/r: check 7 names it); "
                "the learning rate is too high for this step rule (the kit's Adam at lr 3e-2 takes any correct init); "
-               "A starts far larger than the contract's layers, e.g. N(0, 1) with plain gradient descent")
+               "A starts large, e.g. N(0, 1), under plain gradient descent, whose step grows with A's size")
 _STALL_CAUSES = ("A and B both start at zero, so neither gets a gradient (check 8); "
                  "the low-rank path is detached or computed under torch.no_grad() (check 6); "
                  "A or B is not an nn.Parameter, or is frozen, so the optimizer never moves it (check 1); "
