@@ -323,8 +323,8 @@ def mistakes(base: type) -> list[Entry]:
     @entry(10, "forward builds ΔW as a 3-D (1, out, in) tensor")
     class DenseDelta3D(base):
         def forward(self, x):
-            delta = torch.einsum("or,ri->oi", self.B, self.A).unsqueeze(0)  # (1, out, in)
-            return self.base(x) + self.scaling * (x.unsqueeze(-2) @ delta.transpose(-1, -2)).squeeze(-2)
+            delta = torch.einsum("zor,ri->zoi", self.B.unsqueeze(0), self.A)  # (1, out, in)
+            return self.base(x) + self.scaling * (x @ delta[0].T)
 
     @entry(10, "forward builds ΔW only for batches over 16 rows, as an 'optimisation'")
     class DenseDeltaBigBatches(base):

@@ -70,7 +70,8 @@ class Config:
 
 def configs(count: int = 24, seed: int = 2106) -> list[Config]:
     """Seeded draws covering in ≠ out up to 64, r from 1 to min(in, out) (r > 4 included), r ∤ α, bias on and
-    off, 2-D to 4-D input, batches over 16 rows, strided input, train and eval mode; smallest first."""
+    off, 2-D to 4-D input, batches over 16 rows, strided input, train and eval mode; then a square layer and a
+    batch over 128 rows; smallest first."""
     rng = random.Random(seed)
     drawn = []
     for i in range(count):
@@ -95,6 +96,8 @@ def configs(count: int = 24, seed: int = 2106) -> list[Config]:
             lead = (2, rng.randint(1, 3), rng.randint(2, 6))
         drawn.append(Config(n_in, n_out, r, alpha, bias=i % 2 == 1, lead=lead, train=(i // 2) % 2 == 0,
                             contiguous=i % 4 != 1))
+    drawn += [Config(6, 6, 2, 5, bias=True, lead=(4,), train=False, contiguous=True),  # square, as Wq and Wv are
+              Config(12, 7, 3, 4, bias=False, lead=(3, 70), train=True, contiguous=False)]  # over 128 rows
     return sorted(drawn, key=lambda c: (c.in_features * c.out_features + c.rows * c.in_features, c.r))
 
 
@@ -164,19 +167,44 @@ def gap(got: torch.Tensor, want: torch.Tensor) -> float:
 TOLERANCE = 1e-4
 
 
-def param_grad_gap(layer, t: torch.Tensor, expected: torch.Tensor) -> float | None:
-    """How far the gradient that reached `t` (A or B) is from `expected`; None when none reached it.
+def leaf_grads(layer, tensors, expected) -> dict:
+    """What the gradients of the parameters behind `tensors` (A and B) must be, given theirs (`expected`).
 
-    `t` may be a parameter, or a view of one behind a property: then the expected gradient is carried back
-    through the view to the parameters it reads, and compared there."""
-    if t.is_leaf:
-        return None if t.grad is None else gap(t.grad, expected)
+    A and B may be parameters, or views of parameters behind properties (a parametrization, one flat parameter
+    holding both): the expected gradients are then carried back through those views and summed per parameter.
+    Returns {parameter: (names, expected gradient)}."""
     leaves = [q for q in layer.parameters() if q.requires_grad]
-    wanted = torch.autograd.grad(t, leaves, expected.to(t.dtype), allow_unused=True, retain_graph=True)
-    pairs = [(q, w) for q, w in zip(leaves, wanted) if w is not None]
-    if not pairs or any(q.grad is None for q, _ in pairs):
-        return None
-    return max(gap(q.grad, w.double()) for q, w in pairs)
+    wanted: dict = {}
+    for name, t, e in tensors_named(tensors, expected):
+        if t.is_leaf:
+            pairs = [(t, e)]
+        else:
+            grads = torch.autograd.grad(t, leaves, e.to(t.dtype), allow_unused=True, retain_graph=True)
+            pairs = [(q, g.double()) for q, g in zip(leaves, grads) if g is not None]
+        for q, g in pairs:
+            names, total = wanted.get(q, ((), None))
+            wanted[q] = ((*names, name), g if total is None else total + g)
+    return wanted
+
+
+def tensors_named(tensors, expected):
+    return [(name, t, e) for (name, t), e in zip(tensors, expected)]
+
+
+def param_grad_gaps(layer, tensors, expected) -> list:
+    """[(names, gap or None when no gradient reached it)] for each parameter behind A and B."""
+    found = []
+    for q, (names, want) in leaf_grads(layer, tensors, expected).items():
+        found.append((" and ".join(names), None if q.grad is None else gap(q.grad, want)))
+    if not found:
+        found.append((" and ".join(name for name, _ in tensors), None))
+    return found
+
+
+def reached(layer, t: torch.Tensor) -> bool:
+    """Whether a non-zero gradient reached the parameter(s) behind `t` (A or B, or a view of a parameter)."""
+    sources = leaf_grads(layer, [("t", t)], [torch.ones(t.shape, dtype=torch.float64)])
+    return bool(sources) and all(q.grad is not None and q.grad.abs().max().item() > 0 for q in sources)
 
 
 def fail(config: Config, message: str, hint: str) -> Mistake:

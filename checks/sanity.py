@@ -6,13 +6,14 @@ h = W0 x + (α/r)·B A x, written batch-first as x W0ᵀ + b + (α/r)·x Aᵀ B�
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from checks import oracle
-from checks.oracle import TOLERANCE, configs, fail, formula, gap, param_grad_gap, randomise
+from checks.oracle import TOLERANCE, configs, fail, formula, gap, param_grad_gaps, randomise, reached
 from checks.probe import Mistake, build, describe, forward, make, parts, toy_run
 
 # Bound before any learner code runs: a learner file that patches torch.allclose cannot fake a pass.
@@ -95,14 +96,46 @@ def only_a_and_b_train(cls) -> str:
             names = [n for n, t in named.items() if t.requires_grad]
             frozen = [n for n, t in named.items() if not t.requires_grad]
             total = sum(t.numel() for t in params)
-    in_state = any(v.data_ptr() == parts(layer).base.weight.data_ptr() for v in layer.state_dict().values())
-    moved = parts(make(cls, 10, 6, r=2, alpha=4).to(torch.float64)).base.weight.dtype == torch.float64
-    if not (in_state and moved):
-        raise Mistake("base is not part of the module: " + ("state_dict() leaves base.weight out" if not in_state
-                                                             else ".to(torch.float64) does not move base.weight"),
-                      "assign the nn.Linear directly as a module attribute in __init__: self.base = nn.Linear(...)")
+    saved = {v.untyped_storage().data_ptr() for v in layer.state_dict().values()}
+    p = parts(layer)
+    left_out = [name for name, t in (("base.weight", p.base.weight), ("A", p.A), ("B", p.B))
+                if t.untyped_storage().data_ptr() not in saved]
+    if left_out:
+        raise Mistake(f"state_dict() leaves out {', '.join(left_out)}: a checkpoint of this layer loses "
+                      f"{'the trained adapter' if 'base.weight' not in left_out else 'the pretrained W0'}",
+                      "register base as a submodule and A, B as nn.Parameter attributes; do not override "
+                      "state_dict() or _save_to_state_dict() to drop them")
+    _moves_whole(cls)
     return (f"trainable: {', '.join(names)} ({trainable} of {total} parameters at in=10, out=6, r=2); "
             f"frozen: {', '.join(frozen)}")
+
+
+def _moves_whole(cls) -> None:
+    """After .to(torch.float64), base, A and B are float64 and forward gives the formula in float64."""
+    layer = make(cls, 10, 6, r=2, alpha=4)
+    layer.eval()
+    randomise(layer)
+    x = _randn(5, 10)
+    before = forward(layer, x, guard=False).detach().double()  # float32: what .to() must not change
+    steady = gap(forward(layer, x, guard=False), before) <= TOLERANCE  # else checks 5 and 7 say why, not this one
+    layer.to(torch.float64)
+    p = parts(layer)
+    stuck = [name for name, t in (("base.weight", p.base.weight), ("A", p.A), ("B", p.B)) if t.dtype != torch.float64]
+    if stuck:
+        raise Mistake(f"after layer.to(torch.float64), {', '.join(stuck)} is still float32: it is kept outside the "
+                      "module tree, where .to() and .cuda() do not reach",
+                      "assign the nn.Linear directly as a module attribute (self.base = nn.Linear(...)) and A, B as "
+                      "nn.Parameter attributes")
+    try:
+        out = layer(x.double())
+    except Exception as exc:
+        raise Mistake(f"after layer.to(torch.float64), forward on a float64 input raised {describe(exc)}: forward "
+                      "keeps tensors that .to() does not move (views or copies cached in __init__?)",
+                      "read self.base, self.A and self.B inside forward; cache nothing derived from them") from exc
+    if not isinstance(out, torch.Tensor) or (steady and gap(out, before) > TOLERANCE):
+        raise Mistake("after layer.to(torch.float64), forward gives other values than before it: it reads tensors "
+                      "that .to() left behind",
+                      "read self.base, self.A and self.B inside forward; cache nothing derived from them")
 
 
 # ----------------------------------------------------------------------------------------------------- check 2
@@ -157,6 +190,12 @@ def base_stays_frozen(cls, trained=None, snapshot=None) -> str:
         if before is None or after is None:
             continue
         if not _equal(before, after.detach()):
+            moved = _max_abs(after.detach() - before)
+            if moved <= 1e-5 * max(1.0, _max_abs(before)):
+                raise Mistake(f"{name} changed by {moved:.3g} during the checks' own run: a rounding-sized drift, "
+                              "the mark of code that writes ΔW into W0 and takes it back (merging on eval(), "
+                              "unmerging on train()). W0 must stay bit for bit what it was",
+                              "never write into base.weight; merged_weight() returns a new tensor instead")
             raise Mistake(f"{name} moved during the checks' own run ({len(run.losses)} Adam steps on a fresh "
                           f"LoRALinear(16, 12, r=2); max change {_max_abs(after.detach() - before):.3g}): this is "
                           "full fine-tuning, not LoRA",
@@ -185,7 +224,7 @@ def shapes(cls) -> str:
                 ("B", p.B.shape, (n_out, r), "B projects up: nn.Parameter of shape (out_features, r)")):
             if tuple(got) != want:
                 raise Mistake(f"{name} has shape {tuple(got)} at in={n_in}, out={n_out}, r={r}; expected {want}", hint)
-        for lead in ((5,), (2, 3), (2, 3, 4)):
+        for lead in ((), (5,), (2, 3), (2, 3, 4)):
             got = tuple(forward(layer, _randn(*lead, n_in)).shape)
             if got != (*lead, n_out):
                 raise Mistake(f"input {(*lead, n_in)} gave output {got}; expected {(*lead, n_out)}",
@@ -208,7 +247,7 @@ def shapes(cls) -> str:
     if parts(make(cls, 12, 8, r=4, alpha=8, bias=False)).base.bias is not None:
         raise Mistake("LoRALinear(12, 8, bias=False) still has a bias: base.bias is not None",
                       "pass the flag on: self.base = nn.Linear(in_features, out_features, bias=bias)")
-    return ("A (r, in), B (out, r); output (..., out) for 2-D to 4-D input; in_features, out_features, r kept; "
+    return ("A (r, in), B (out, r); output (..., out) for 1-D to 4-D input; in_features, out_features, r kept; "
             "defaults r=4, alpha=8, bias=True; bias=False means no bias")
 
 
@@ -219,10 +258,27 @@ def _merge_diagnosis(W, W0, BA, s) -> tuple[str, str]:
     for candidate, what, hint in (
             (W0 + BA, "W0 + BA, without the scaling", "multiply BA by self.scaling (α/r)"),
             (s * BA, "(α/r)·BA, without the base", "add self.base.weight"),
-            (W0, "W0 alone, without the update", "add self.scaling * (self.B @ self.A)")):
-        if gap(W, candidate) <= TOLERANCE:
+            (W0, "W0 alone, without the update", "add self.scaling * (self.B @ self.A)"),
+            (W0 + s * BA.T if BA.shape[0] == BA.shape[1] else None, "W0 + (α/r)·(BA)ᵀ, the update transposed",
+             "ΔW = B @ A is already (out, in): add it as it is, with no transpose")):
+        if candidate is not None and gap(W, candidate) <= TOLERANCE:
             return f"merged_weight() returns {what}", hint
     return "merged_weight() is not W0 + (α/r)·BA", "return self.base.weight + self.scaling * (self.B @ self.A)"
+
+
+def _deterministic(layer, x) -> None:
+    """In eval mode, forward twice on one input gives one output and leaves the layer's parameters as they were."""
+    params = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    first = forward(layer, x).detach().clone()
+    changed = [k for k, v in layer.named_parameters() if k in params and not _same_state(params[k], v.detach())]
+    if changed:
+        raise Mistake(f"forward changed the layer's parameters ({', '.join(changed)}): a layer's forward only reads "
+                      "them; the optimizer alone moves A and B",
+                      "remove in-place writes to parameters (.data, +=, mul_) from forward")
+    if gap(forward(layer, x), first.double()) > TOLERANCE:
+        raise Mistake("in eval mode, two calls of forward on the same input give different outputs: something "
+                      "random (dropout?) is active outside train mode",
+                      "nn.Dropout switches itself off in eval mode; F.dropout needs training=self.training")
 
 
 def _merged(layer, when: str) -> torch.Tensor:
@@ -252,13 +308,26 @@ def _expected_merge(p, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @check(5, "merged weight is W0 + (α/r)·BA")
 def merge_reproduces(cls) -> str:
-    for n_in, n_out, r, alpha in ((12, 8, 4, 6), (7, 20, 3, 5)):
+    fresh = make(cls, 12, 8, r=4, alpha=6)
+    fp = parts(fresh)
+    try:
+        aliased = fresh.merged_weight()
+    except Exception:
+        aliased = None  # _merged below names the error
+    if isinstance(aliased, torch.Tensor) and any(
+            aliased.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
+            for q in [*fresh.parameters(), *fresh.buffers(), fp.base.weight]):
+        raise Mistake("merged_weight() returns a tensor that shares memory with the layer's own (base.weight "
+                      "itself?): whoever changes the merged weight in place changes W0",
+                      "return a new tensor: self.base.weight + self.scaling * (self.B @ self.A)")
+    for n_in, n_out, r, alpha in ((12, 8, 4, 6), (7, 20, 3, 5), (6, 6, 2, 3)):
         s = alpha / r
         layer = make(cls, n_in, n_out, r=r, alpha=alpha)
         layer.eval()
         p = parts(layer)
         randomise(layer)
         x = _randn(6, n_in)
+        _deterministic(layer, x)
         out_before = forward(layer, x).detach().clone()
         followed = gap(out_before, _dense(x, p, s)) <= TOLERANCE  # else check 7 has the story, not this one
         state = {k: v.detach().clone() for k, v in layer.state_dict().items()}  # just before the call
@@ -294,8 +363,15 @@ def merge_reproduces(cls) -> str:
             raise Mistake("after A and B change (as training changes them), merged_weight() still returns the old "
                           "merge: it is cached or stale",
                           "compute W0 + (α/r)·BA from the current parameters on every call")
-    return ("merged_weight() == W0 + (α/r)·BA, a new tensor: the same when called twice, following A and B as "
-            "they train, and forward unchanged after it, so the update folds into W0 with no added latency (§4.1)")
+        with torch.no_grad():  # a new base (load_state_dict writes in place): the merge must follow it too
+            p.base.weight.copy_(_randn(p.base.weight.shape))
+        want, W0, BA = _expected_merge(p, s)
+        if gap(_merged(layer, "after base.weight changed"), want) > TOLERANCE:
+            raise Mistake("after base.weight changes in place (as load_state_dict changes it), merged_weight() still "
+                          "returns the old merge: it is cached and stale",
+                          "compute W0 + (α/r)·BA from the current tensors on every call")
+    return ("merged_weight() == W0 + (α/r)·BA, a new tensor (square layers included): the same when called "
+            "twice, following A, B and W0 as they change, and forward unchanged after it, so the update folds into W0 with no added latency (§4.1)")
 
 
 # ----------------------------------------------------------------------------------------------------- check 6
@@ -316,7 +392,8 @@ def gradients_flow(cls) -> str:
                       "do not .detach() anything in forward or compute it under torch.no_grad()")
     if gap(out, p.base(x).detach().double()) > TOLERANCE:
         raise Mistake("with base.weight and base.bias set to new values in place and B = 0, layer(x) is not "
-                      "base(x): forward reads a copy of W0 taken earlier, not self.base as it is now",
+                      "base(x): forward reads a copy of base's weight or bias taken earlier, not self.base as it is "
+                      "now",
                       "compute the frozen path from self.base at call time: self.base(x); keep no copy of its weight")
     g = _randn(out.shape)
     try:
@@ -335,7 +412,7 @@ def gradients_flow(cls) -> str:
                       "around base(x)). W0 needs no gradient, but x does: in a stack of these layers, every layer "
                       "below learns through it",
                       "compute self.base(x) with autograd on; freezing is requires_grad_(False) on base's parameters")
-    if p.B.grad is None or _max_abs(p.B.grad) == 0:
+    if not reached(layer, p.B):
         raise Mistake("no gradient reached B with A random: the low-rank path is cut off from autograd",
                       "do not .detach() it or compute it under torch.no_grad(); B must be an nn.Parameter")
     with torch.no_grad():
@@ -343,7 +420,7 @@ def gradients_flow(cls) -> str:
     for q in layer.parameters():
         q.grad = None
     (oracle.run(layer, x, train=True) * g).sum().backward()
-    if p.A.grad is None or _max_abs(p.A.grad) == 0:
+    if not reached(layer, p.A):
         raise Mistake("with B non-zero, A still gets no gradient: A does not take part in the low-rank path",
                       "forward must compute (x @ A.T) @ B.T with the parameters themselves")
     return "A, B and the input x get gradients (x's through the frozen path too); base's .grad stays None"
@@ -364,9 +441,11 @@ def _formula_diagnosis(config, out, x, p, expected) -> tuple[str, str]:
     if gap(got, base + b + fit * low) <= TOLERANCE:
         causes = {1.0: "the scaling is missing", float(alpha): "it uses α instead of α/r",
                   r / alpha: "it uses r/α instead of α/r", float(alpha // r): "it uses α // r (integer division)",
+                  alpha / r ** 0.5: "it uses α/√r (rsLoRA's scaling), not the paper's α/r (§4.1)",
                   0.0: "the low-rank term is missing"}
-        cause = next((c for k, c in causes.items() if abs(fit - k) < 1e-3 * max(1.0, k)), "α or r is ignored")
-        return (f"the low-rank term is scaled by {fit:.4g}, not α/r = {s:.4g}: {cause}",
+        cause = next((c for k, c in causes.items() if abs(fit - k) < 1e-3 * max(1.0, k)),
+                     "the factor is none of α/r's usual slips")
+        return (f"the low-rank term is scaled by {fit:.4g}, not α/r = {s:.4g} (r={r}, alpha={alpha}): {cause}",
                 "scale the update by alpha / r, the same number as self.scaling")
     if p.base.bias is not None and gap(got, base + s * low) <= TOLERANCE:
         return "the output lacks the base's bias b", "the frozen path is self.base(x), bias included"
@@ -391,14 +470,16 @@ def judge_formula(cls, config: oracle.Config) -> None:
         raise fail(config, f"the output has shape {tuple(out.shape)}; expected {tuple(want.out.shape)}",
                    "forward maps (..., in_features) to (..., out_features)")
     if gap(out, want.out) > TOLERANCE:
+        if config.train and _right_on_average(layer, x, want.out):
+            return  # random in train mode (hand-written LoRA dropout) and right on average: allowed
         raise fail(config, *_formula_diagnosis(config, out, x, p, want.out))
     if not out.requires_grad:
         raise fail(config, "the output carries no gradient",
                    "keep forward in autograd: no .detach() or torch.no_grad()")
     (out * g).sum().backward()
-    for name, got in (("x", None if x.grad is None else gap(x.grad, want.grad_x)),
-                      ("A", param_grad_gap(layer, p.A, want.grad_A)),
-                      ("B", param_grad_gap(layer, p.B, want.grad_B))):
+    gaps = [("x", None if x.grad is None else gap(x.grad, want.grad_x))]
+    gaps += param_grad_gaps(layer, [("A", p.A), ("B", p.B)], [want.grad_A, want.grad_B])
+    for name, got in gaps:
         if got is None:
             raise fail(config, f"no gradient reached {name}",
                        f"{name} must take part in forward through autograd")
@@ -408,6 +489,17 @@ def judge_formula(cls, config: oracle.Config) -> None:
                                "but whose graph is not",
                        "let autograd differentiate forward; if you write a backward, check it with "
                        "torch.autograd.gradcheck in float64")
+
+
+def _right_on_average(layer, x, want: torch.Tensor, draws: int = 256) -> bool:
+    """Whether a forward that is random in train mode equals the formula on average (to five standard errors)."""
+    with torch.no_grad():
+        first = oracle.run(layer, x.detach(), True).double()
+        if gap(oracle.run(layer, x.detach(), True), first) <= TOLERANCE:
+            return False  # deterministic: the exact comparison has said all there is
+        outs = torch.stack([first] + [oracle.run(layer, x.detach(), True).double() for _ in range(draws - 1)])
+    mean, err = outs.mean(0), outs.std(0) / draws ** 0.5
+    return bool(((mean - want).abs() <= 5 * err + TOLERANCE * (1 + want.abs().max())).all())
 
 
 @check(7, "forward matches the LoRA formula")
@@ -434,7 +526,7 @@ def formula_matches(cls) -> str:
 @check(8, "paper's init: B zero, A random")
 def paper_init(cls) -> str:
     layers = []
-    for seed in (1, 2):
+    for seed in (1, 2, 1):
         torch.manual_seed(seed)
         layers.append(parts(make(cls, 16, 12, r=4, alpha=8)))
     p = layers[0]
@@ -447,11 +539,25 @@ def paper_init(cls) -> str:
         raise Mistake("A starts at zero: with B = 0 too, ∂L/∂A ∝ B = 0 and ∂L/∂B ∝ A = 0, so no gradient ever "
                       "reaches either and nothing learns",
                       "initialise A at random, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
+    if not bool(torch.isfinite(p.A.detach()).all()):
+        raise Mistake("A starts with NaN or infinite values: uninitialised memory (torch.empty) is not a random draw",
+                      "initialise A at random, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
+    rank = int(torch.linalg.matrix_rank(p.A.detach().double()))
+    if rank < min(p.A.shape):
+        raise Mistake(f"A starts with rank {rank} of a possible {min(p.A.shape)}: its rows are not independent draws, "
+                      f"so BA can never reach rank r and equal rows of A get equal gradients forever",
+                      "draw every entry of A independently, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
     if _equal(p.A.detach(), layers[1].A.detach()) or torch.unique(p.A.detach()).numel() < 2:
         raise Mistake("A is the same for every fresh layer (two layers built under different seeds start with "
                       "the same A): it is a fixed matrix, not random",
                       "draw A at random in __init__, e.g. torch.randn(r, in_features) / r (Gaussian, §4.1)")
-    return "B == 0 and A random (fresh layers differ), so ΔW = 0 at step 0 but gradients can flow"
+    if not _equal(p.A.detach(), layers[2].A.detach()):
+        raise Mistake("A differs between two layers built after the same torch.manual_seed: it is not drawn from "
+                      "torch's generator (uninitialised memory from torch.empty? another library's generator?), so "
+                      "no run of this layer can be reproduced",
+                      "draw A with torch: torch.randn(r, in_features) / r, or nn.init on a tensor you made")
+    return ("B == 0 and A random (fresh layers differ, the same seed gives the same A), so ΔW = 0 at step 0 but "
+            "gradients can flow")
 
 
 # ----------------------------------------------------------------------------------------------------- check 9
@@ -461,6 +567,11 @@ def paper_init(cls) -> str:
 def loss_falls(cls) -> str:
     run = toy_run(cls)
     # A quarter, not ~0: LoRA dropout (a correct choice) leaves a noisy fit after a short run.
+    if not (math.isfinite(run.start_loss) and math.isfinite(run.end_loss)):
+        raise Mistake(f"in the checks' own run ({len(run.losses)} Adam steps on a fresh LoRALinear(16, 12, r=2)) the "
+                      f"held-out loss went from {run.start_loss:.3g} to {run.end_loss:.3g}: not a finite number",
+                      "a NaN or infinity at init (A from torch.empty?) or an update that blows up; initialise A with "
+                      "torch.randn(r, in_features) / r and B with zeros")
     if not run.end_loss <= 0.25 * run.start_loss:
         raise Mistake(f"in the checks' own run ({len(run.losses)} Adam steps on a fresh LoRALinear(16, 12, r=2)) "
                       f"the held-out loss went from {run.start_loss:.3g} to {run.end_loss:.3g}, not below a quarter "
@@ -474,7 +585,7 @@ def loss_falls(cls) -> str:
 
 
 class _MadeTensors(TorchFunctionMode):
-    """Keeps every tensor a torch call returns during forward whose size is `numel`.
+    """Keeps every tensor a torch call returns during forward with at least `numel` numbers.
 
     A TorchFunctionMode, not a TorchDispatchMode: entering a dispatch mode imports torch._dynamo, about 2 s.
     """
@@ -485,15 +596,31 @@ class _MadeTensors(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+        if isinstance(out, torch.Tensor) and out.numel() >= self.numel:
             self.made.append((getattr(func, "__name__", str(func)), out.detach()))
         return out
 
 
+def _layouts(t: torch.Tensor, n_out: int, n_in: int):
+    """(out, in) views of `t`: reshaped either way round, or an (out, in) block of a padded 2-D matrix."""
+    if t.numel() == n_out * n_in:
+        yield t.reshape(n_out, n_in)
+        yield t.reshape(n_in, n_out).T
+    m = t.squeeze()
+    if m.dim() != 2:
+        return
+    for candidate in (m, m.T):
+        rows, cols = candidate.shape
+        if rows >= n_out and cols >= n_in and (rows - n_out + 1) * (cols - n_in + 1) <= 16:
+            for i in range(rows - n_out + 1):
+                for j in range(cols - n_in + 1):
+                    yield candidate[i:i + n_out, j:j + n_in]
+
+
 def _is_delta(t: torch.Tensor, targets: list, n_out: int, n_in: int) -> str:
-    """Which of ΔW's forms `t` holds, in any layout ((out, in), (in, out), or with extra unit dimensions)."""
+    """Which of ΔW's forms `t` holds, in any layout (transposed, with unit dimensions, or padded)."""
     t = t.double()
-    for layout in (t.reshape(n_out, n_in), t.reshape(n_in, n_out).T):
+    for layout in _layouts(t, n_out, n_in):
         for name, target in targets:
             if gap(layout, target) <= TOLERANCE:
                 return name
@@ -510,20 +637,24 @@ def stays_low_rank(cls) -> str:
         W0, BA = p.base.weight.detach().double(), p.B.detach().double() @ p.A.detach().double()
         s = alpha / r
         targets = [("B·A", BA), ("(α/r)·B·A", s * BA), ("W0 + (α/r)·B·A", W0 + s * BA)]
-        for lead in ((1,), (3,), (17,), (2, 20), (2, 3, 7)):
-            with _MadeTensors(n_in * n_out) as seen:
+        for lead, train, grad in (((1,), False, True), ((3,), True, True), ((17,), False, True),
+                                  ((2, 20), True, True), ((2, 3, 7), False, True), ((5,), False, False)):
+            layer.train(train)
+            with torch.set_grad_enabled(grad), _MadeTensors(n_in * n_out) as seen:
                 forward(layer, _randn(*lead, n_in))
             for op, t in seen.made:
                 what = _is_delta(t, targets, n_out, n_in)
                 if what:
+                    mode = ("train" if train else "eval") + (" mode" if grad else " mode under torch.no_grad()")
                     raise Mistake(
                         f"forward built the dense {what} ({n_out}×{n_in} numbers, with {op}) for an input of shape "
-                        f"{(*lead, n_in)}. The contract's forward goes down to rank r and back up; a dense ΔW costs an "
+                        f"{(*lead, n_in)} in {mode}. The contract's forward goes down to rank r and back up; a dense ΔW costs an "
                         "(out, in) temporary and an out·in·r multiply on every forward, the compute and memory of W0 "
                         "again",
                         "project down, then up: (x @ self.A.T) @ self.B.T never makes an (out, in) matrix; "
                         "merging belongs in merged_weight()")
-    return "forward goes down to rank r and back up; no (out, in) ΔW is built at any batch size"
+    return ("forward goes down to rank r and back up; no (out, in) ΔW is built at any batch size, in train or eval "
+            "mode, with or without autograd")
 
 
 # ----------------------------------------------------------------------------------------------------- check 11
