@@ -200,9 +200,9 @@ def base_stays_frozen(cls, trained=None, snapshot=None) -> str:
                           f"LoRALinear(16, 12, r=2); max change {_max_abs(after.detach() - before):.3g}): this is "
                           "full fine-tuning, not LoRA",
                           "freeze the pretrained layer: self.base.requires_grad_(False), and never write into it")
-    mine = "your toy run left base.weight as base_snapshot had it; " if trained is not None else ""
-    return (f"{mine}in the checks' own run of {len(run.losses)} Adam steps on a fresh layer, base.weight and "
-            "base.bias stayed identical to a snapshot taken before")
+    mine = "your toy run left base.weight as base_snapshot had it; separately, " if trained is not None else ""
+    return (f"{mine}in the checks' own run ({len(run.losses)} Adam steps on a fresh LoRALinear(16, 12, r=2), not "
+            "your toy run) base.weight and base.bias stayed identical to a snapshot taken before")
 
 
 # ----------------------------------------------------------------------------------------------------- check 4
