@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from checks import report
-from checks.isolated import FAILED, PASSED, UNUSABLE, Outcome, check_file
+from checks.verdict import FAILED, INTERRUPTED, PASSED, UNUSABLE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,18 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def render(outcome: Outcome, verbose: bool = False) -> str:
-    """The terminal view of one file's outcome."""
-    if outcome.error and not outcome.results:
-        text = f"lora-drill could not check {outcome.path}:\n  {outcome.error}"
-        text += f"\n  hint: {outcome.hint}" if outcome.hint else ""
-    else:
-        text = report.table(outcome.results, title=f"LoRA drill checks for {outcome.path}")
-    if verbose and outcome.output.strip():
-        text += "\n\n--- output of the checked code ---\n" + outcome.output.rstrip()
-    return text
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
@@ -53,18 +41,18 @@ def main(argv=None) -> int:
     if args.timeout <= 0:
         print(f"--timeout must be a positive number of seconds; got {args.timeout:g}", file=sys.stderr)
         return UNUSABLE
-    outcome = check_file(args.file, timeout=args.timeout)
-    if args.json:
-        extra = {"path": outcome.path}
-        if outcome.error and not outcome.results:
-            extra.update(error=outcome.error, hint=outcome.hint)
-        print(report.to_json(outcome.results, **extra))
-    else:
-        print(render(outcome, args.verbose))
+    from checks import sandbox
+    from checks.isolated import check_file
+
+    sandbox.become_subreaper()  # what the file leaves running is adopted here, and killed below
+    try:
+        verdict = check_file(args.file, timeout=args.timeout)
+    finally:
+        sandbox.sweep()
+    print(report.verdict_json(verdict) if args.json else report.render_verdict(verdict, args.verbose))
     if args.junit:
-        suite = report.junit_suite(outcome.results, outcome.path, "" if outcome.results else outcome.error)
-        report.write_junit(args.junit, [suite])
-    return outcome.exit_code
+        report.write_atomically(args.junit, report.junit_text([verdict]))
+    return verdict.exit_code
 
 
 # ------------------------------------------------------------------------------------------ python -m checks grade
@@ -73,13 +61,16 @@ def main(argv=None) -> int:
 def _grade_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m checks grade",
-        description="Grade a cohort: each notebook runs top to bottom in its own kernel, on a copy in a temporary "
-                    "folder, then the checks run on the LoRALinear it defined; each .py file is checked as "
-                    "`python -m checks FILE` checks it. No input file is changed and nothing is written beside it. "
-                    "Exit code 0: every file passed; 1: a file failed or could not be graded; 2: bad usage.")
+        description="Grade a cohort: every file is checked exactly as `python -m checks FILE` checks it, from a "
+                    "private copy, each in its own sandboxed process. No input file is changed and nothing is "
+                    "written beside it. Exit code 0: every file passed; 1: a file failed or could not be graded; "
+                    "2: bad usage; 130: interrupted (Ctrl-C), with the files graded so far reported.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="notebooks, .py files, or folders that hold them")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="time limit per file, for running the notebook and then checking it (default: 300)")
+                   help="time limit per file, for running it and then checking it (default: 300)")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="run each file inside bubblewrap (bwrap), or not (none); auto: bwrap when it works here "
+                        "(default: auto). The report names the one used.")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="files graded at once (default: 1)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file, instead of the table")
     p.add_argument("--csv", metavar="FILE", help="also write one row per file, with a column per check, to FILE")
@@ -111,15 +102,18 @@ def _report_paths_problem(args, files) -> str:
 
 
 def _progress(done: list, total: int):
-    def show(g) -> None:
-        done.append(g)
-        verdict = "PASS" if g.passed else "FAIL"
-        print(f"[{len(done)}/{total}] {verdict} {g.path} ({g.seconds:.0f} s)", file=sys.stderr, flush=True)
+    def show(v) -> None:
+        done.append(v)
+        word = "PASS" if v.passed else ("INTERRUPTED" if v.interrupted else "FAIL")
+        print(f"[{len(done)}/{total}] {word} {report.clean(v.path, False)} ({v.seconds:.0f} s)", file=sys.stderr,
+              flush=True)
     return show
 
 
 def grade_main(argv) -> int:
-    from checks import grade  # nbclient takes half a second to import: only the subcommands pay for it
+    from checks import grade, sandbox
+    from checks.collect import UsageError, collect
+    from checks.isolated import KIT_ROOT
 
     args, code = _parse(_grade_parser(), argv)
     if args is None:
@@ -130,21 +124,33 @@ def grade_main(argv) -> int:
               f"got {wrong}", file=sys.stderr)
         return UNUSABLE
     try:
-        files = grade.collect(args.paths)
-    except grade.UsageError as exc:
+        files = collect(args.paths)
+    except UsageError as exc:
         print(f"python -m checks grade: {exc}", file=sys.stderr)
         return UNUSABLE
     problem = _report_paths_problem(args, files)
     if problem:
         print(f"python -m checks grade: {problem}", file=sys.stderr)
         return UNUSABLE
-    graded = grade.grade_all(files, args.timeout, args.jobs, on_done=_progress([], len(files)))
-    print(grade.to_json(graded) if args.json else grade.table(graded))
+    kind, why = sandbox.choose(args.sandbox, KIT_ROOT)
+    if not kind:
+        print(f"python -m checks grade: --sandbox bwrap, but {why}; install bubblewrap, or pass --sandbox none "
+              "to grade without a sandbox", file=sys.stderr)
+        return UNUSABLE
+    if kind == "none" and args.sandbox == "auto":
+        print(f"python -m checks grade: grading without a sandbox ({why})", file=sys.stderr)
+    verdicts, interrupted = grade.grade_all(files, args.timeout, args.jobs, kind,
+                                            on_done=_progress([], len(files)))
+    # Every submission's process is gone by now (grade_all sweeps them): the reports cannot be touched.
+    print(report.cohort_json(verdicts) if args.json else report.cohort_table(verdicts), flush=True)
     if args.csv:
-        grade.write_csv(args.csv, graded)
+        report.write_atomically(args.csv, report.csv_text(verdicts))
     if args.junit:
-        grade.write_junit(args.junit, graded)
-    return PASSED if all(g.passed for g in graded) else FAILED
+        report.write_atomically(args.junit, report.junit_text(verdicts))
+    if interrupted:
+        print("python -m checks grade: interrupted (Ctrl-C); the files not yet graded are marked so", file=sys.stderr)
+        return INTERRUPTED
+    return PASSED if all(v.passed for v in verdicts) else FAILED
 
 
 # ------------------------------------------------------------------------------------------ python -m checks demo
@@ -177,20 +183,20 @@ def _demo_target_problem(out: Path, drill: Path) -> str:
 
 
 def demo_main(argv) -> int:
-    from checks import grade
+    from checks import demo  # nbclient takes half a second to import: only the demo pays for it
 
     args, code = _parse(_demo_parser(), argv)
     if args is None:
         return code
     out = Path(args.out)
-    problem = _demo_target_problem(out, grade.NOTEBOOK)
+    problem = _demo_target_problem(out, demo.NOTEBOOK)
     if args.timeout <= 0:
         problem = f"--timeout must be a positive number of seconds; got {args.timeout:g}"
     if problem:
         print(f"python -m checks demo: {problem}", file=sys.stderr)
         return UNUSABLE
     try:
-        stop, written = grade.demo(out, args.timeout)
+        stop, written = demo.demo(out, args.timeout)
     except ValueError as exc:  # the drill's own notebook cannot be read
         print(f"python -m checks demo: {exc}", file=sys.stderr)
         return UNUSABLE

@@ -1,95 +1,128 @@
-"""A learner's file (.py, or a notebook .ipynb) → the LoRALinear class it defines.
+"""A learner's file (.py, or a notebook .ipynb) → the LoRALinear class it defines. Runs in the worker only.
 
-This runs the learner's code, so the command line calls it only inside the worker process. From a notebook
-it runs just the cell that defines `class LoRALinear`, after the cells that only import and a prelude of the
-usual imports, so a hanging training loop or a stub elsewhere in the notebook never gets in the way.
+A .py file runs as a module named `learner`. A notebook runs as "Restart & Run all" would run it: its code cells in
+order, in one namespace, stopping at the first cell that raises; the kit's own cells are left out as
+checks/notebook.py describes. The class judged is the one the run leaves behind, so helpers in earlier cells
+count, and so does a later cell that changes the class. Nothing is imported on the learner's behalf.
 """
 from __future__ import annotations
 
-import ast
+import builtins
 import difflib
 import linecache
-import re
 from pathlib import Path
 
+from checks import notebook
 from checks.probe import describe
-
-PRELUDE = "import math\nimport torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
-_DEFINES_CLASS = re.compile(r"^class\s+LoRALinear\b", re.MULTILINE)
+from checks.verdict import Finding
 
 
 class LoadError(Exception):
-    """The file could not give us a LoRALinear class; `message` says why and `hint` what to do."""
+    """The file gave no LoRALinear class; `finding` says why and what to do."""
 
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
-        self.message, self.hint = message, hint
+        self.finding = Finding(message, hint)
 
 
-def _run(source: str, filename: str, namespace: dict) -> None:
-    """Compile and run one piece of learner code, registering it so tracebacks can quote its lines."""
+class _CellFailed(Exception):
+    def __init__(self, finding: Finding):
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+def _compile(source: str, filename: str):
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return compile(source, filename, "exec", dont_inherit=True)  # none of the kit's __future__ flags
+
+
+def _run_file(path: Path, namespace: dict) -> None:
+    source = path.read_bytes().decode("utf-8-sig", errors="replace")
     try:
-        code = compile(source, filename, "exec")
+        code = _compile(source, str(path))
     except SyntaxError as exc:
-        raise LoadError(f"{filename}, line {exc.lineno}: {exc.msg} (SyntaxError)",
+        raise LoadError(f"{path.name}, line {exc.lineno}: {exc.msg} (SyntaxError)",
                         "fix the syntax there and run again") from exc
     try:
         exec(code, namespace)
     except SystemExit as exc:
-        raise LoadError(f"{filename} called sys.exit({exc.code!r}) while being loaded",
+        raise LoadError(f"{path.name} called sys.exit({exc.code!r}) while being loaded",
                         "remove the exit; the checks need the file to define LoRALinear and return") from exc
     except Exception as exc:
-        raise LoadError(f"running {filename} raised {describe(exc)}", "fix the error and run again") from exc
+        raise LoadError(f"running {path.name} raised {describe(exc)}", "fix the error and run again") from exc
 
 
-def _without_magics(source: str) -> str:
-    """IPython's %magic and !shell lines become comments: plain Python runs the rest."""
-    return "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
-
-
-def _only_imports(source: str) -> bool:
+def _run_cell(cell: notebook.Cell, source, name: str, namespace: dict) -> None:
+    """Run one cell: `source` is its text, or the syntax tree of its statements that are the learner's."""
+    where = f"cell {cell.number} (`{cell.first_line}`)"
+    hint = "run the notebook top to bottom (Restart & Run all) to see the error in place"
+    filename = f"<{name} cell {cell.number}>"
     try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return False
-    return bool(body) and all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in body)
-
-
-def _notebook_cells(path: Path) -> list[str]:
-    import nbformat
-
+        if isinstance(source, str):
+            code = _compile(source, filename)
+        else:  # the cell's own text is what tracebacks and inspect.getsource show
+            _compile(notebook.without_magics(cell.source), filename)
+            code = compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise _CellFailed(Finding(f"the notebook stopped at {where}: SyntaxError: {exc.msg} (line {exc.lineno} of "
+                                  "the cell)", "fix the syntax in that cell and run it again")) from exc
     try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as exc:  # nbformat raises several kinds: not JSON, not a notebook, unreadable
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LoadError(f"{path.name} is not a valid notebook: {first_line}",
-                        "open it in Jupyter and save it again, or check a .py file instead") from None
-    return [_without_magics(cell.source) for cell in nb.cells if cell.cell_type == "code"]
+        exec(code, namespace)
+    except SystemExit as exc:
+        raise _CellFailed(Finding(f"the notebook stopped at {where}: it called sys.exit({exc.code!r})",
+                                  "remove the exit from that cell")) from exc
+    except Exception as exc:
+        raise _CellFailed(Finding(f"the notebook stopped at {where}: {describe(exc)}", hint)) from exc
 
 
-def load_class(path) -> type:
-    """Run the learner's file and return its LoRALinear class, or raise LoadError saying why not."""
+def _run_notebook(path: Path, namespace: dict, before_cell) -> Finding | None:
+    """Run the cells in order; the Finding says where the run stopped, None when it ran to its end."""
+    try:
+        nb = notebook.read(path)
+    except notebook.NotANotebook as exc:
+        raise LoadError(str(exc), "open it in Jupyter and save it again, or check a .py file instead") from None
+    kit_names = set(notebook.KIT_NAMES)
+    for cell in notebook.code_cells(nb):
+        if "setup" in cell.tags:
+            source = notebook.setup_imports(cell.source)
+        else:
+            try:
+                source = notebook.learner_part(cell.source, kit_names)
+            except SyntaxError:
+                source = notebook.without_magics(cell.source)  # compiled as it is, to report the error
+            if source is None:
+                continue
+        if before_cell:
+            before_cell(cell)
+        try:
+            _run_cell(cell, source, path.name, namespace)
+        except _CellFailed as failed:
+            return failed.finding
+    return None
+
+
+def load(path, before_cell=None) -> tuple[type, Finding | None]:
+    """Run the learner's file; return its LoRALinear class and, for a notebook, where its run stopped early.
+
+    `before_cell(cell)` is called before each notebook cell runs. Raises LoadError when there is no class."""
     path = Path(path)
-    namespace = {"__name__": "learner", "__file__": str(path)}
+    stopped = None
     if path.suffix == ".ipynb":
-        cells = _notebook_cells(path)
-        defining = [i for i, src in enumerate(cells) if _DEFINES_CLASS.search(src)]
-        if not defining:
-            raise LoadError(f"no code cell of {path.name} defines `class LoRALinear`",
-                            "keep the class in its own cell, starting with `class LoRALinear(nn.Module):`")
-        _run(PRELUDE, "<prelude>", namespace)
-        for i, src in enumerate(cells[:defining[-1]]):
-            if _only_imports(src):
-                _run(src, f"<{path.name} cell {i + 1}>", namespace)
-        _run(cells[defining[-1]], f"<{path.name} cell {defining[-1] + 1}>", namespace)
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        stopped = _run_notebook(path, namespace, before_cell)
     else:
-        _run(path.read_text(encoding="utf-8", errors="replace"), str(path), namespace)
+        namespace = {"__name__": "learner", "__file__": str(path), "__builtins__": builtins}
+        _run_file(path, namespace)
     cls = namespace.get("LoRALinear")
-    if not isinstance(cls, type):
-        classes = [k for k, v in namespace.items() if isinstance(v, type) and v.__module__ == "learner"]
-        near = difflib.get_close_matches("LoRALinear", classes, n=1, cutoff=0.6)
-        found = f"; it defines {', '.join(classes)}" if classes else ""
-        hint = f"rename {near[0]} to LoRALinear" if near else "define `class LoRALinear(nn.Module)`"
-        raise LoadError(f"{path.name} does not define a class named LoRALinear{found}", hint)
-    return cls
+    if isinstance(cls, type):
+        return cls, stopped
+    if stopped and "SyntaxError" in stopped.message:  # a syntax error in the class's own cell, most likely
+        raise LoadError(stopped.message, stopped.hint)
+    classes = [k for k, v in namespace.items() if isinstance(v, type) and not k.startswith("_")]
+    near = difflib.get_close_matches("LoRALinear", classes, n=1, cutoff=0.6)
+    found = f"; it defines {', '.join(classes[:5])}" if classes else ""
+    seen = f" (LoRALinear is a {type(cls).__name__})" if cls is not None else ""
+    hint = f"rename {near[0]} to LoRALinear" if near else "define `class LoRALinear(nn.Module)`"
+    what = "the notebook never defined" if path.suffix == ".ipynb" else f"{path.name} does not define"
+    after = f"; {stopped.message}" if stopped else ""
+    raise LoadError(f"{what} a class named LoRALinear{seen}{found}{after}", hint)

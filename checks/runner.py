@@ -31,6 +31,16 @@ def run_one(number: int, cls, **given) -> Result:
 
     `given` goes to the check itself (check 3 takes the notebook's trained layer and its snapshot)."""
     name, fn = CHECKS[number]
+    return run_entry(number, name, fn, cls, **given)
+
+
+def registry() -> list[tuple]:
+    """The checks as (id, name, function), in order: a copy, so later changes to CHECKS do not reach it."""
+    return [(number, name, fn) for number, (name, fn) in CHECKS.items()]
+
+
+def run_entry(number: int, name: str, fn, cls, **given) -> Result:
+    """Run one check function on `cls`: seeded by its id, on one thread, any error turned into a failed Result."""
     with one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(number)
         try:
@@ -43,10 +53,21 @@ def run_one(number: int, cls, **given) -> Result:
             return Result(number, name, False, f"your layer raised {describe(exc)}")
 
 
+def iter_results(cls, checks=None, on_start=None):
+    """The one loop that runs the checks: build and run the layer once (raises Unusable if that fails), then
+    yield each check's Result in order. `checks` is a registry() copy (the live registry when None);
+    `on_start(id, name)` is called as each check begins."""
+    checks = registry() if checks is None else checks
+    _smoke(cls)
+    for number, name, fn in checks:
+        if on_start:
+            on_start(number, name)
+        yield run_entry(number, name, fn, cls)
+
+
 def evaluate(cls) -> list[Result]:
     """Every check in order; raises Unusable when the layer cannot even be built and run once."""
-    _smoke(cls)
-    return [run_one(number, cls) for number in CHECKS]
+    return list(iter_results(cls))
 
 
 def _unusable_text(u: Unusable) -> str:

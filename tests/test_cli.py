@@ -1,4 +1,5 @@
 """`python -m checks FILE`: exit codes, JSON and JUnit output, and hostile or broken learner files."""
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -7,7 +8,7 @@ import nbformat
 import pytest
 
 from tests import mistakes
-from tests.conftest import ROOT, failing, import_as_layer, run_checks, run_json
+from tests.conftest import ROOT, import_as_layer, run_checks, run_json
 
 # A learner's correct file, written out (not read from solution/, whose forward may be tuned for speed).
 CORRECT = """
@@ -62,14 +63,12 @@ def test_json_has_the_contracts_keys(learner_file):
     assert all({"id", "name", "passed", "message"} <= set(c) for c in report["checks"])
 
 
-@pytest.mark.parametrize("name", sorted(mistakes.CAUGHT_BY))
-def test_command_line_fails_each_catalogued_mistake(learner_file, name):
+def test_a_catalogued_mistake_imported_from_the_kits_tests_is_the_kits_code_not_a_check_result(learner_file):
+    # The command line and the notebook share one loop (checks.runner.iter_results), which tests/test_checks.py
+    # runs on every catalogued mistake; through the command line, a class from tests/ is the kit's code.
+    name = sorted(mistakes.CAUGHT_BY)[0]
     code, report = run_json(learner_file(import_as_layer("tests.mistakes", name)))
-    assert code == 1
-    expected = mistakes.CAUGHT_BY[name]
-    assert expected in failing(report)
-    caught = next(c for c in report["checks"] if c["id"] == expected)
-    assert caught["hint"]
+    assert code == 2 and "kit's code" in report["error"] and "checks" not in report
 
 
 def test_junit_file_lists_each_check_and_its_failures(learner_file, tmp_path):
@@ -100,7 +99,7 @@ HOSTILE = {
     "missing_attribute_A": (CORRECT.replace("self.A = nn.Parameter", "self.down = nn.Parameter").replace("self.A", "self.down"),
                             1, "no attribute 'A'"),
     "exits_while_loading": ("import sys\nsys.exit(0)\n", 2, "called sys.exit(0)"),
-    "exits_in_forward": (CORRECT.replace("down = x @ self.A.T", "import sys; sys.exit(0)"), 2, "exit code 0"),
+    "exits_in_forward": (CORRECT.replace("down = x @ self.A.T", "import sys; sys.exit(0)"), 2, "sys.exit(0)"),
     "kills_process": (CORRECT + "\nimport os\nos._exit(0)\n", 2, "ended while the file was loading"),
     "patches_torch_to_fake_a_pass": (B_RANDOM + "\ntorch.allclose = lambda *a, **k: True\n"
                                      "torch.equal = lambda *a, **k: True\n", 1, "B is not zero"),
@@ -166,3 +165,70 @@ def test_command_line_parent_does_not_import_torch():
     probe = "import sys, checks.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+# --- a notebook is judged by the class a top-to-bottom run defines (the same engine as grade) -----------------
+
+
+def notebook(tmp_path, stub_source, before=(), after=(), name="learner.ipynb", bom=False):
+    """lora_mock.ipynb with the stub cell's source replaced, and code cells inserted just before and after it."""
+    nb = nbformat.read(ROOT / "lora_mock.ipynb", as_version=4)
+    stub = next(c for c in nb.cells if "lora-stub" in c.metadata.get("tags", []))
+    stub.source = stub_source
+    at = nb.cells.index(stub)
+    nb.cells[at + 1:at + 1] = [nbformat.v4.new_code_cell(src) for src in after]
+    nb.cells[at:at] = [nbformat.v4.new_code_cell(src) for src in before]
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    if bom:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    return path
+
+
+WITH_HELPER = CORRECT.replace("down = x @ self.A.T", "down = project_down(x, self.A)")
+HELPER = "def project_down(x, A):\n    return x @ A.T\n"
+USES_MATH = CORRECT.replace("torch.randn(r, in_features) / r", "torch.randn(r, in_features) / math.sqrt(r)")
+
+
+def test_a_helper_in_an_earlier_cell_counts(tmp_path):
+    assert WITH_HELPER != CORRECT
+    code, report = run_json(notebook(tmp_path, WITH_HELPER, before=[HELPER]))
+    assert code == 0, report
+
+
+def test_a_later_cell_that_breaks_the_class_counts(tmp_path):
+    breaks = "LoRALinear.forward = lambda self, x: self.base(x)  # the low-rank path dropped\n"
+    code, report = run_json(notebook(tmp_path, CORRECT, after=[breaks]))
+    assert code == 1 and not report["passed"], report
+
+
+def test_a_class_using_math_the_notebook_never_imported_fails_as_it_would_in_jupyter(tmp_path):
+    assert USES_MATH != CORRECT
+    code, report = run_json(notebook(tmp_path, USES_MATH))
+    assert code != 0 and "NameError: name 'math' is not defined" in json.dumps(report), report
+    code, report = run_json(notebook(tmp_path, USES_MATH, before=["import math\n"], name="with_import.ipynb"))
+    assert code == 0, report
+
+
+def test_a_notebook_that_starts_with_a_byte_order_mark_loads(tmp_path):
+    code, report = run_json(notebook(tmp_path, CORRECT, bom=True))
+    assert code == 0, report
+
+
+def test_a_py_file_that_starts_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "layer.py"
+    path.write_bytes(b"\xef\xbb\xbf" + CORRECT.encode())
+    code, report = run_json(path)
+    assert code == 0, report
+
+
+def test_a_syntax_error_in_the_class_cell_is_reported_as_one(tmp_path):
+    code, report = run_json(notebook(tmp_path, "class LoRALinear(nn.Module)\n    pass\n"))
+    assert code == 2 and "SyntaxError" in report["error"] and "never defined" not in report["error"], report
+
+
+def test_the_cli_adds_no_imports_of_its_own(tmp_path):
+    path = tmp_path / "layer.py"
+    path.write_text(USES_MATH.replace("import torch\n", "import torch\nimport sys\n"), encoding="utf-8")
+    code, report = run_json(path)
+    assert code != 0 and "math" in json.dumps(report)

@@ -1,0 +1,121 @@
+"""The one place that reads a notebook, and the rules for which of its cells a check run executes.
+
+A notebook is judged by the class that a top-to-bottom run of it defines ("Restart & Run all"), with two kinds of
+cell left out because they are the kit's, not the learner's, and the verdict does not need them:
+  * the setup cell (tag `setup`), which finds or installs the kit: in its place, its top-level import statements
+    run (torch, nn, F…) and `import checks` binds the grader's own kit;
+  * statements that only call the kit (a strict test on the syntax tree, `kit_statement`): an expression
+    statement calling `checks.…`, `lab.…`, `clock.…` or a name the notebook imported from `checks`, with only
+    names and constants as arguments, like `checks.check_3(LoRALinear, trained=layer)` or `lab.latency(LoRALinear)`;
+    an assignment of such a call on `checks.…`, `lab.…` or `clock.…` to plain names, like
+    `mine = checks.test_my_checks(my_check_1, base=LoRALinear)` or `LoRALinear = checks.swap_in(LoRALinear)` (so
+    the instructor's swap never runs); and a bare name or constant (it only displays). A cell with nothing else
+    is skipped; imports always run. Such statements cannot change the learner's class, and they are the slow ones.
+IPython's `%magic` and `!shell` lines become comments. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+KIT_NAMES = frozenset({"checks", "lab", "clock"})  # the names the shipped notebook gives the kit
+
+
+class NotANotebook(Exception):
+    """The file could not be read as a notebook; the message says why."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    number: int  # 1-based among all cells, as Jupyter counts them
+    source: str
+    tags: tuple
+
+    @property
+    def first_line(self) -> str:
+        line = next((s.strip() for s in self.source.splitlines() if s.strip()), "")
+        return line if len(line) <= 60 else line[:59] + "…"
+
+
+def read(path) -> dict:
+    """The notebook at `path` as a dict (nbformat 4's JSON); raises NotANotebook naming what is wrong.
+    A UTF-8 byte-order mark at the start is allowed."""
+    path = Path(path)
+    try:
+        nb = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise NotANotebook(f"{path.name} is not a valid notebook: it is not UTF-8 text ({exc.reason})") from None
+    except ValueError:
+        raise NotANotebook(f"{path.name} is not a valid notebook: it is not JSON (a file cut short, or not a "
+                           "notebook at all)") from None
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and "cell_type" in c for c in cells):
+        raise NotANotebook(f"{path.name} is not a valid notebook: it has no list of cells")
+    if nb.get("nbformat", 4) < 4:
+        raise NotANotebook(f"{path.name} is an nbformat {nb.get('nbformat')} notebook; open it in Jupyter and "
+                           "save it again to upgrade it to nbformat 4")
+    return nb
+
+
+def _text(source) -> str:
+    return "".join(source) if isinstance(source, list) else str(source or "")
+
+
+def code_cells(nb: dict) -> list[Cell]:
+    return [Cell(i + 1, _text(c.get("source")), tuple(c.get("metadata", {}).get("tags", ())))
+            for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+
+
+def without_magics(source: str) -> str:
+    """IPython's %magic and !shell lines become comments: plain Python runs the rest."""
+    return "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+def _plain(node) -> bool:
+    return isinstance(node, (ast.Name, ast.Constant))
+
+
+def _kit_call(node, kit_names, attribute_only: bool) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    root = node.func
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    rooted = isinstance(root, ast.Name) and (root.id in KIT_NAMES if attribute_only else root.id in kit_names)
+    return (rooted and (isinstance(node.func, ast.Attribute) or not attribute_only)
+            and all(_plain(a) for a in node.args) and all(k.arg and _plain(k.value) for k in node.keywords))
+
+
+def kit_statement(node, kit_names) -> bool:
+    """True for a statement that only calls the kit or displays a value (see the module's docstring)."""
+    if isinstance(node, ast.Expr):
+        return _plain(node.value) or _kit_call(node.value, kit_names, attribute_only=False)
+    if isinstance(node, ast.Assign):
+        return all(isinstance(t, ast.Name) for t in node.targets) and _kit_call(node.value, kit_names, True)
+    return False
+
+
+def learner_part(source: str, kit_names: set) -> ast.Module | None:
+    """The cell's statements without the kit's (None when nothing is left); the names it imports from `checks`
+    join `kit_names`. Raises SyntaxError for a cell that does not parse."""
+    tree = ast.parse(without_magics(source))
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "checks":
+            kit_names.update(alias.asname or alias.name for alias in node.names)
+    kept = [node for node in tree.body if not kit_statement(node, kit_names)]
+    if not kept:
+        return None
+    tree.body = kept
+    return tree
+
+
+def setup_imports(source: str) -> str:
+    """What a check run executes for the setup cell: its top-level imports, then `import checks` (the grader's)."""
+    try:
+        body = ast.parse(without_magics(source)).body
+    except SyntaxError:
+        body = []
+    imports = [ast.unparse(node) for node in body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join([*imports, "import checks"]) + "\n"

@@ -1,0 +1,454 @@
+"""Attacks on the verdict: a submission that tries to forge a pass, pass the kit's code off as its own, or harm
+the grader, the other submissions or the reports. Each test is one attack; each must end in a failing verdict
+(or be contained), never a pass. The threat model in README.md says what is and is not defended."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.conftest import ROOT, run_checks
+from tests.test_cli import B_RANDOM, CORRECT
+
+SOLUTION_PATH = ROOT / "solution" / "lora.py"
+
+
+def verdict(path: Path, *args, env_extra=None) -> tuple[int, dict, str]:
+    """`python -m checks PATH --json`: exit code, the JSON object, and stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    done = subprocess.run([sys.executable, "-m", "checks", str(path), "--json", "--timeout", "60", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.stdout.strip(), done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def assert_not_passed(code: int, report: dict, *words: str) -> None:
+    assert code != 0 and report["passed"] is False, report
+    text = json.dumps(report, ensure_ascii=False)
+    for w in words:
+        assert w in text, (w, report)
+
+
+def write(tmp_path: Path, source: str, name: str = "layer.py") -> Path:
+    path = tmp_path / name
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------- patching the kit
+
+
+REGISTRY_MUTATED = B_RANDOM + """
+import checks.sanity
+for _k, (_name, _fn) in list(checks.sanity.CHECKS.items()):
+    checks.sanity.CHECKS[_k] = (_name, lambda cls, **kw: "fine")
+"""
+
+MAKE_REPLACED = B_RANDOM + """
+import checks.probe, checks.sanity, checks.oracle
+from solution import LoRALinear as _Reference
+_real_make = checks.probe.make
+def _make(cls, *args, **kwargs):
+    return _real_make(_Reference, *args, **kwargs)
+for _m in (checks.probe, checks.sanity, checks.oracle):
+    if hasattr(_m, "make"):
+        _m.make = _make
+checks.probe.smoke = lambda cls: None
+"""
+
+RUNNER_REPLACED = B_RANDOM + """
+import checks.runner, checks.report, checks.sanity, checks.worker
+_Result = checks.report.Result
+def _pass(number, cls, **given):
+    return _Result(number, checks.sanity.CHECKS[number][0], True, "fine")
+checks.runner.run_one = _pass
+for _name in ("emit_checks", "run_checks", "send", "emit"):
+    if hasattr(checks.worker, _name):
+        setattr(checks.worker, _name, lambda *a, **k: None)
+if hasattr(checks.runner, "iter_results"):
+    checks.runner.iter_results = lambda cls, *a, **k: iter([_pass(n, cls) for n in checks.sanity.CHECKS])
+"""
+
+CODE_SWAPPED = B_RANDOM + """
+import checks.sanity
+for _k, (_name, _fn) in list(checks.sanity.CHECKS.items()):
+    _fn.__code__ = (lambda cls, **kw: "fine").__code__
+"""
+
+
+@pytest.mark.parametrize("source", [REGISTRY_MUTATED, MAKE_REPLACED, RUNNER_REPLACED, CODE_SWAPPED],
+                         ids=["registry_mutated", "make_replaced", "runner_and_emit_replaced", "code_swapped"])
+def test_patching_the_kit_never_turns_a_broken_layer_into_a_pass(tmp_path, source):
+    code, report, _ = verdict(write(tmp_path, source))
+    assert_not_passed(code, report)
+
+
+def test_a_file_that_patches_the_kit_is_told_so(tmp_path):
+    code, report, _ = verdict(write(tmp_path, CODE_SWAPPED))
+    assert_not_passed(code, report, "changed the kit")
+
+
+# --------------------------------------------------------------------------------------- forging the report
+
+# Whatever the channel is (a file named in argv, an inherited pipe), write 11 passes and an end marker to it.
+FORGE = r"""
+import json, os, stat, sys
+lines = [json.dumps({"event": "loaded"})]
+for n in range(1, 12):
+    lines.append(json.dumps({"event": "start", "id": n, "name": f"check {n}"}))
+    lines.append(json.dumps({"event": "result", "id": n, "name": f"check {n}", "passed": True, "message": "fine",
+                             "hint": ""}))
+lines.append(json.dumps({"event": "done"}))
+forged = ("\n".join(lines) + "\n").encode()
+def forge():
+    for arg in sys.argv[1:]:
+        if os.path.isfile(arg) and arg.endswith(".jsonl"):
+            with open(arg, "w") as f:
+                f.write(forged.decode())
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, forged)
+        except OSError:
+            pass
+"""
+
+FORGE_AND_EXIT = B_RANDOM + FORGE + "forge()\nos._exit(0)\n"
+FORGE_AT_EXIT = B_RANDOM + FORGE + "import atexit\natexit.register(forge)\n"
+FORGE_HUGE_LINE = B_RANDOM + FORGE + """
+for fd in range(3, 64):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b"x" * (8 << 20))
+    except OSError:
+        pass
+"""
+
+
+@pytest.mark.parametrize("source", [FORGE_AND_EXIT, FORGE_AT_EXIT, FORGE_HUGE_LINE],
+                         ids=["forge_then_exit", "forge_at_exit", "flood_the_channel"])
+def test_a_forged_report_is_a_failure_never_a_pass(tmp_path, source):
+    code, report, _ = verdict(write(tmp_path, source))
+    assert_not_passed(code, report)
+
+
+def test_a_forged_report_is_named_as_not_authentic(tmp_path):
+    code, report, _ = verdict(write(tmp_path, FORGE_AND_EXIT))
+    assert_not_passed(code, report, "not authentic")
+
+
+def test_the_key_cannot_be_read_again_from_stdin_argv_or_environment(tmp_path):
+    probe = CORRECT + """
+import os, sys
+seen = sys.stdin.read() if not sys.stdin.closed else ""
+assert not seen, "stdin still holds something"
+import re
+assert not any(re.search(r"[0-9a-f]{32}", a) for a in sys.argv[1:]), sys.argv
+assert not any(re.search(r"[0-9a-f]{32}", v) for v in os.environ.values())
+"""
+    code, report, _ = verdict(write(tmp_path, probe))
+    assert code == 0, report
+
+
+# --------------------------------------------------------------------------------------- the kit's code as one's own
+
+
+PASS_OFFS = {
+    "import_solution": "from solution import LoRALinear\n",
+    "subclass_solution": "from solution import LoRALinear as _R\nclass LoRALinear(_R):\n    pass\n",
+    "relabel_module": "from solution import LoRALinear\nLoRALinear.__module__ = 'learner'\n"
+                      "LoRALinear.__qualname__ = 'LoRALinear'\n",
+    "relabel_subclass": "from solution import LoRALinear as _R\nclass LoRALinear(_R):\n    pass\n"
+                        "_R.__module__ = 'learner'\nLoRALinear.__module__ = 'learner'\n",
+    "exec_solution_source": f"exec(compile(open({str(SOLUTION_PATH)!r}).read(), 'mine.py', 'exec'))\n",
+    "exec_with_code_relabelled": (
+        f"ns = {{}}\nexec(compile(open({str(SOLUTION_PATH)!r}).read(), 'mine.py', 'exec'), ns)\n"
+        "import types\nLoRALinear = ns['LoRALinear']\n"
+        "for _k, _v in list(vars(LoRALinear).items()):\n"
+        "    if isinstance(_v, types.FunctionType):\n"
+        "        _v.__code__ = _v.__code__.replace(co_filename='layer.py')\n"),
+    "methods_borrowed": "import torch\nfrom torch import nn\nfrom solution import LoRALinear as _R\n"
+                        "class LoRALinear(nn.Module):\n    __init__ = _R.__init__\n    forward = _R.forward\n"
+                        "    merged_weight = _R.merged_weight\n",
+    "from_the_tests": "from tests.correct_layers import KaimingA as LoRALinear\n",
+    "swap_in_with_the_demo_variable": "import checks\n" + B_RANDOM + "\nLoRALinear = checks.swap_in(LoRALinear)\n",
+    "sets_the_demo_variable_itself": "import os, checks\nos.environ['LORA_DRILL_SOLUTION'] = '1'\n" + B_RANDOM
+                                     + "\nLoRALinear = checks.swap_in(LoRALinear)\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PASS_OFFS))
+def test_the_kits_code_is_not_the_learners(tmp_path, case):
+    code, report, _ = verdict(write(tmp_path, PASS_OFFS[case]), env_extra={"LORA_DRILL_SOLUTION": "1"})
+    assert_not_passed(code, report)
+    if case not in ("swap_in_with_the_demo_variable",):  # that one is graded on its own (broken) layer
+        assert "kit" in report.get("error", ""), report
+
+
+def test_a_learners_own_correct_layer_is_not_mistaken_for_the_kits(tmp_path):
+    code, report, _ = verdict(write(tmp_path, CORRECT))
+    assert code == 0, report
+
+
+def notebook_with(tmp_path: Path, stub_source: str, name="learner.ipynb", extra_cells=()) -> Path:
+    nb = nbformat.read(ROOT / "lora_mock.ipynb", as_version=4)
+    stub = next(c for c in nb.cells if "lora-stub" in c.metadata.get("tags", []))
+    stub.source = stub_source
+    at = nb.cells.index(stub) + 1
+    for offset, source in enumerate(extra_cells):
+        nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["relabel_module", "exec_solution_source", "from_the_tests"])
+def test_the_kits_code_is_not_the_learners_in_a_notebook_either(tmp_path, case):
+    code, report, _ = verdict(notebook_with(tmp_path, PASS_OFFS[case]))
+    assert_not_passed(code, report, "kit")
+
+
+def test_a_notebook_that_brings_its_own_checks_package_gets_the_kits(tmp_path):
+    fake = (
+        "import os, sys, importlib\n"
+        "os.makedirs('checks', exist_ok=True)\n"
+        "open('checks/__init__.py', 'w').write('def run_all(c): print(\"11 of 11\")\\n"
+        "CHECKS = {}\\n')\n"
+        "for m in [m for m in sys.modules if m == 'checks' or m.startswith('checks.')]:\n"
+        "    del sys.modules[m]\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "importlib.invalidate_caches()\n"
+        "import checks\n")
+    code, report, _ = verdict(notebook_with(tmp_path, B_RANDOM, extra_cells=[fake]))
+    assert_not_passed(code, report)
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+def peak_rss_mb_of_cli(*argv, cwd=ROOT) -> tuple[float, subprocess.CompletedProcess]:
+    """The command line's own peak memory (VmHWM of the parent process only, not of its workers)."""
+    harness = ("import sys, runpy\nfrom checks.cli import main\ncode = main(sys.argv[1:])\n"
+               "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+               "print('VmHWM', hwm, file=sys.stderr)\nsys.exit(code)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", harness, *map(str, argv)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=env)
+    line = [x for x in done.stderr.splitlines() if x.startswith("VmHWM")]
+    assert line, done.stderr[-2000:]
+    return int(line[-1].split()[1]) / 1024, done
+
+
+PRINTS_200_MB = "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * (1 << 20))\n" \
+                "for _ in range(20):\n    sys.stderr.write('y' * (1 << 20))\n" + CORRECT
+
+
+def test_printing_200_mb_keeps_the_command_line_under_200_mb(tmp_path):
+    mb, done = peak_rss_mb_of_cli(write(tmp_path, PRINTS_200_MB), "--verbose")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert mb < 200, f"peak {mb:.0f} MB"
+    assert "dropped" in done.stdout  # the kept output says how much was left out
+    assert len(done.stdout) < 2 << 20
+
+
+def test_printing_200_mb_keeps_grade_under_300_mb(tmp_path):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write(folder, PRINTS_200_MB, "a.py")
+    write(folder, PRINTS_200_MB, "b.py")
+    mb, done = peak_rss_mb_of_cli("grade", folder, "--jobs", "2", "--sandbox", "none")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert mb < 300, f"peak {mb:.0f} MB"
+
+
+CONTROL = "\\x1b[2J\\x1b[H\\x1b[32m11 of 11 checks passed.\\x1b[0m\\r\\x00\\x07\\u202e"
+CONTROLS_IN_MESSAGE = CORRECT.replace("down = x @ self.A.T", f"raise ValueError('{CONTROL}')")
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path):
+    done = run_checks(write(tmp_path, CONTROLS_IN_MESSAGE))
+    assert done.returncode != 0
+    for ch in ("\x1b", "\r", "\x00", "\x07", "\u202e"):
+        assert ch not in done.stdout + done.stderr, repr(ch)
+    assert "ValueError" in done.stdout
+
+
+def test_control_characters_keep_csv_and_junit_clean(tmp_path):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write(folder, CONTROLS_IN_MESSAGE, "a.py")
+    write(folder, CONTROLS_IN_MESSAGE, "evil\x1b[2J\r.py")  # a file name is rendered too
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "checks", "grade", str(folder), "--sandbox", "none", "--csv",
+                           str(out / "g.csv"), "--junit", str(out / "g.xml")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 1
+    for ch in ("\x1b", "\r", "\x00", "\x07"):
+        assert ch not in done.stdout and ch not in (out / "g.csv").read_text(encoding="utf-8"), repr(ch)
+    ET.parse(out / "g.xml")  # parseable
+    with open(out / "g.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+# --------------------------------------------------------------------------------------- containment in grade
+
+
+def bwrap_works() -> str:
+    if not shutil.which("bwrap"):
+        return "bubblewrap (bwrap) is not installed"
+    done = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+                          capture_output=True, text=True)
+    return "" if done.returncode == 0 else f"bwrap cannot run here: {done.stderr.strip()[:200]}"
+
+
+needs_bwrap = pytest.mark.skipif(bool(bwrap_works()), reason=bwrap_works() or "bwrap works")
+
+
+def grade(*args, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "checks", "grade", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def rewrites_victim(victim: Path) -> str:
+    return CORRECT + f"""
+from pathlib import Path
+for target in (Path({str(victim)!r}), Path(__file__).resolve().parent / {victim.name!r}):
+    try:
+        target.write_text("class LoRALinear:\\n    pass\\n")
+    except OSError:
+        pass
+"""
+
+
+@pytest.mark.parametrize("sandbox", ["none", pytest.param("bwrap", marks=needs_bwrap)])
+def test_one_submission_cannot_change_how_another_is_graded(tmp_path, sandbox):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    victim = write(folder, CORRECT, "b_victim.py")
+    write(folder, rewrites_victim(victim), "a_attacker.py")
+    done = grade(folder, "--json", "--sandbox", sandbox)
+    items = {Path(i["path"]).name: i for i in json.loads(done.stdout)}
+    assert items["b_victim.py"]["passed"], items["b_victim.py"]
+    if sandbox == "bwrap":
+        assert victim.read_text(encoding="utf-8") == CORRECT  # the original is out of the submission's reach
+        assert items["b_victim.py"]["sandbox"] == "bwrap"
+
+
+def leftover(marker: str) -> str:
+    """A .py submission that leaves a detached process behind to rewrite its CSV row to PASS later."""
+    return B_RANDOM + f"""
+import os, sys
+CODE = '''
+import os, sys, time
+def find_csv():
+    pid = int(sys.argv[2])
+    while pid > 1:
+        try:
+            args = open(f"/proc/{{pid}}/cmdline", "rb").read().split(b"\\\\0")
+            cwd = os.readlink(f"/proc/{{pid}}/cwd")
+        except OSError:
+            return None
+        if b"--csv" in args:
+            return os.path.join(cwd, args[args.index(b"--csv") + 1].decode())
+        pid = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+    return None
+path = find_csv()
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    try:
+        text = open(path).read()
+        if "FAIL" in text:
+            open(path, "w").write(text.replace("FAIL", "PASS"))
+    except (OSError, TypeError):
+        pass
+    time.sleep(0.05)
+'''
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sys.executable, [sys.executable, "-c", CODE, {marker!r}, str(os.getppid())])
+    os._exit(0)
+"""
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("sandbox", ["none", pytest.param("bwrap", marks=needs_bwrap)])
+def test_no_process_outlives_the_grader_to_rewrite_the_report(tmp_path, sandbox):
+    marker = f"lora-drill-leftover-{uuid.uuid4().hex}"
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write(folder, leftover(marker), "leaves_a_process.py")
+    report = tmp_path / "grades.csv"
+    try:
+        done = grade(folder, "--csv", report, "--sandbox", sandbox)
+        assert done.returncode == 1, done.stdout + done.stderr
+        survivors = processes_with(marker)
+        for _ in range(20):  # give a surviving process every chance to do its work
+            time.sleep(0.1)
+        assert survivors == [], "a submission's process outlived the grader"
+        assert "PASS" not in report.read_text(encoding="utf-8")
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+@needs_bwrap
+@pytest.mark.parametrize("attack", ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+                                    "import os, signal\nos.kill(-1, signal.SIGKILL)\n"],
+                         ids=["kills_its_parent", "kills_everything_it_can"])
+def test_a_submission_cannot_kill_the_grader(tmp_path, attack):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write(folder, CORRECT + attack, "a_killer.py")
+    write(folder, CORRECT, "b_fine.py")
+    done = grade(folder, "--json", "--sandbox", "bwrap")
+    assert done.returncode in (0, 1), done.stderr  # the grader lived to report
+    items = {Path(i["path"]).name: i for i in json.loads(done.stdout)}
+    assert set(items) == {"a_killer.py", "b_fine.py"}  # the killer's own verdict may be anything
+    assert items["b_fine.py"]["passed"], items["b_fine.py"]
+
+
+@needs_bwrap
+def test_a_sandboxed_submission_sees_neither_the_originals_nor_the_network(tmp_path):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    secret = write(folder, "not for you", "z_other_learner.py")
+    probe = CORRECT + f"""
+import os, socket
+assert not os.path.exists({str(secret)!r}), "sees another submission"
+assert not os.path.exists({str(folder)!r}), "sees the cohort folder"
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2)
+    raise AssertionError("has network")
+except OSError:
+    pass
+"""
+    write(folder, probe, "a_probe.py")
+    done = grade(folder / "a_probe.py", "--json", "--sandbox", "bwrap")
+    item = json.loads(done.stdout)[0]
+    assert item["passed"], item
