@@ -16,6 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat.v4.rwbase import rejoin_lines
 
 from checks import notebook
 from checks.drill import SWAP_VARIABLE
@@ -62,7 +63,7 @@ def run_cells(client: NotebookClient, nb, deadline: float, timeout: float) -> Fi
 def demo(out: Path, timeout: float, source: Path = NOTEBOOK) -> tuple[Finding | None, list[Path]]:
     """Execute a copy of the drill with the solution swapped in; write it to `out` (and `out`.html with nbconvert)."""
     try:
-        nb = nbformat.from_dict(notebook.read(source))
+        nb = rejoin_lines(nbformat.from_dict(notebook.read(source)))  # sources as strings, as nbformat reads them
     except notebook.NotANotebook as exc:
         raise ValueError(str(exc)) from None
     deadline = time.monotonic() + timeout
