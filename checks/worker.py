@@ -100,7 +100,7 @@ class Snapshot:
         self.modules = {name: (m, dict(vars(m))) for name, m in list(sys.modules.items())
                         if name == "checks" or name.startswith("checks.")}
         self.functions, self.classes = [], []
-        for name, (module, names) in self.modules.items():
+        for name, (_module, names) in self.modules.items():
             for attr, value in names.items():
                 if getattr(value, "__module__", None) != name:
                     continue
@@ -158,7 +158,7 @@ def run(argv) -> None:
     except BaseException:  # a kit error, or learner code that broke the worker itself: said on stderr
         import traceback
 
-        traceback.print_exc()  # noqa: the parent shows it with --verbose
+        traceback.print_exc()  # the parent shows it with --verbose
         code = 70
     for stream in (sys.stdout, sys.stderr):
         try:
