@@ -234,6 +234,14 @@ def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, chec
             changed = [str(c) for c in (m.get("changed") or [])]
             if m.get("checks") != hello_rows:
                 changed.insert(0, "the check functions' code changed")
+            refused = [c for c in changed if c.startswith("refused ")]
+            if refused:
+                v.results, v.error = [], Finding(
+                    f"the file reached into the checking process while it ran ({'; '.join(refused[:3])}), so its "
+                    "results cannot be trusted",
+                    "a layer needs none of this: remove code that searches memory (gc, ctypes), rewrites the kit's "
+                    "functions, or imports or reads the kit's solution/ and tests/")
+                return v
             if changed:
                 v.results, v.error = [], Finding(
                     f"the file changed the kit while it ran ({'; '.join(changed[:3])}), so its results cannot be "

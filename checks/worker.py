@@ -49,7 +49,7 @@ def main(argv) -> None:
         import checks.lab  # noqa: F401
     except Exception:  # noqa: BLE001  the lab is not needed for the verdict; a notebook that needs it says so
         pass
-    from checks import loading, notebook, provenance, runner  # noqa: F401
+    from checks import guard, loading, notebook, provenance, runner  # noqa: F401
     from checks.channel import Writer
     from checks.probe import Unusable, describe
 
@@ -63,9 +63,11 @@ def main(argv) -> None:
     iter_results, load, LoadError = runner.iter_results, loading.load, loading.LoadError
     describe_class, describe_checks = provenance.describe_class, provenance.describe_checks
     send("hello", checks=fingerprints)
+    watch = guard.install(kit_root, path)  # from here on learner code runs: see checks/guard.py
 
     def after_and_end():
-        send("after", checks=describe_checks(registry), changed=changes(registry))
+        refused = [f"refused {why}" for why in dict.fromkeys(watch.refused)]
+        send("after", checks=describe_checks(registry), changed=refused + changes(registry))
         send("end")
 
     try:
@@ -75,7 +77,9 @@ def main(argv) -> None:
         send("load_error", message=_cut(exc.finding.message), hint=_cut(exc.finding.hint))
         after_and_end()
         return
-    send("loaded", classes=describe_class(cls, skip=(torch.nn.Module,)),
+    with watch.reading_sources():
+        described = describe_class(cls, skip=(torch.nn.Module,))
+    send("loaded", classes=described,
          stopped=[_cut(stopped.message), _cut(stopped.hint)] if stopped else None)
     try:
         for result in iter_results(cls, registry, on_start=lambda n, name: send("start", id=n, name=name)):

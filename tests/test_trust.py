@@ -452,3 +452,55 @@ except OSError:
     done = grade(folder / "a_probe.py", "--json", "--sandbox", "bwrap")
     item = json.loads(done.stdout)[0]
     assert item["passed"], item
+
+
+# --------------------------------------------------------------------------------------- an outsider's forgeries
+# Written by a reviewer who had not seen this file, against the signed channel and the tamper check: each is the
+# broken layer B_RANDOM plus the lines below. The guard (checks/guard.py) refuses what each needs.
+
+OUTSIDER_FORGES = {
+    'memory_search_for_the_writer': '\nimport gc, os\nimport checks.channel, checks.runner, checks.provenance\n_w = next(o for o in gc.get_objects() if isinstance(o, checks.channel.Writer))\n_reg = checks.runner.registry()\n_w.send("loaded", classes=[], stopped=None)\nfor _n, _name, _fn in _reg:\n    _w.send("start", id=_n, name=_name)\n    _w.send("result", id=_n, name=_name, passed=True, message="ok", hint="")\n_w.send("after", checks=checks.provenance.describe_checks(_reg), changed=[])\n_w.send("end")\nos._exit(0)\n',
+    'construction_delegated_to_the_solution': '\nimport solution.lora as _S\ndef __init__(self, *a, **k):\n    nn.Module.__init__(self)\n    ref = _S.LoRALinear(*a, **k)\n    self.__dict__.update({k2: v for k2, v in ref.__dict__.items() if k2 != "training"})\nLoRALinear.__init__ = __init__\n',
+    'method_code_swapped': '\nimport checks.runner as _r, checks.worker as _wk\ndef _pass(number, name, fn, cls, **given):\n    return Result(number, name, True, "ok")\ndef _nochange(self, registry):\n    return []\n_r.run_entry.__code__ = _pass.__code__\n_wk.Snapshot.changes.__code__ = _nochange.__code__\n',
+    'new_returns_a_solution_instance': '\nimport solution.lora as _S\nLoRALinear.__new__ = staticmethod(lambda cls, *a, **k: _S.LoRALinear(*a, **k))\ndel LoRALinear.__init__, LoRALinear.forward, LoRALinear.merged_weight\n',
+    'solution_source_read_and_renamed': '\nimport os, checks\n_src = open(os.path.join(os.path.dirname(os.path.dirname(checks.__file__)), "solution", "lora.py")).read()\nexec(compile(_src.replace("rows", "rows_").replace("self.in_features, self.out_features, self.r = ", "self.r, self.in_features, self.out_features = ").replace("= in_features, out_features, r", "= r, in_features, out_features"), __file__, "exec"))\n',
+    'writer_code_swapped': '\nimport checks.channel as _c\ndef send(self, kind, **fields):\n    if kind == "result":\n        fields.update(passed=True, message="ok", hint="")\n    if kind == "after":\n        fields["changed"] = []\n    body = json.dumps({"seq": self._seq, "kind": kind, **fields}, ensure_ascii=True).encode()\n    mac = self._mac.copy()\n    mac.update(body)\n    data = mac.hexdigest().encode() + b" " + body + b"\\n"\n    while data:\n        data = data[os.write(self._fd, data):]\n    self._seq += 1\n_c.Writer.send.__code__ = send.__code__\n',
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTSIDER_FORGES))
+def test_an_outsiders_forgery_is_refused_and_named(tmp_path, case):
+    code, report, _ = verdict(write(tmp_path, B_RANDOM + OUTSIDER_FORGES[case]))
+    assert_not_passed(code, report, "reached into the checking process")
+
+
+def test_the_guard_leaves_a_correct_layer_that_imports_and_introspects_alone(tmp_path):
+    """What a learner's layer may do: import inspect, typing and collections, build namedtuples, print tracebacks."""
+    extra = """
+import collections, inspect, traceback, typing
+Pair = collections.namedtuple("Pair", "a b")
+try:
+    1 / 0
+except ZeroDivisionError:
+    _ = traceback.format_exc()
+_ = inspect.signature(LoRALinear.__init__)
+"""
+    code, report, _ = verdict(write(tmp_path, CORRECT + extra))
+    assert code == 0, report
+
+
+# A layer that behaves only while it sees the checks, or that walks the interpreter's frames to the worker's own
+# variables, forges a pass: learner code runs in the checking process (README: threat model, not defended).
+# Strict, so that the day one of these is caught, the threat model gets corrected.
+UNDEFENDED_FORGES = {
+    'behaves_only_when_the_kit_is_imported': '\nimport sys\n_orig_init = LoRALinear.__init__\ndef __init__(self, *a, **k):\n    _orig_init(self, *a, **k)\n    if "checks.sanity" in sys.modules:\n        with torch.no_grad():\n            self.B.zero_()\nLoRALinear.__init__ = __init__\n',
+    'behaves_only_when_called_from_the_kit': '\nimport sys\n_orig_init = LoRALinear.__init__\ndef __init__(self, *a, **k):\n    _orig_init(self, *a, **k)\n    f = sys._getframe(1)\n    while f is not None:\n        if "/checks/" in f.f_code.co_filename:\n            with torch.no_grad():\n                self.B.zero_()\n            break\n        f = f.f_back\nLoRALinear.__init__ = __init__\n',
+    "frames_walked_to_the_writer": '\nimport inspect, os\n_forward = LoRALinear.forward\ndef forward(self, x):\n    f = inspect.currentframe()\n    while f is not None and "send" not in f.f_locals:\n        f = f.f_back\n    if f is not None:\n        send = f.f_locals["send"]\n        import checks.runner, checks.provenance\n        reg = checks.runner.registry()\n        for n, name, fn in reg:\n            send("start", id=n, name=name)\n            send("result", id=n, name=name, passed=True, message="ok", hint="")\n        send("after", checks=checks.provenance.describe_checks(reg), changed=[])\n        send("end")\n        os._exit(0)\n    return _forward(self, x)\nLoRALinear.forward = forward\n',
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNDEFENDED_FORGES))
+@pytest.mark.xfail(strict=True, reason="in-process forgery by introspection is not defended (README: threat model)")
+def test_what_the_threat_model_says_is_not_defended(tmp_path, case):
+    code, report, _ = verdict(write(tmp_path, B_RANDOM + UNDEFENDED_FORGES[case]))
+    assert code != 0

@@ -1,0 +1,69 @@
+"""The worker's guard: while learner code runs, refuse the few interpreter operations that reach into the checker.
+
+Learner code runs in the process that checks it, so Python's introspection is open to it. A Python audit hook
+(PEP 578), which cannot be removed once added, refuses and records what a layer never needs and a forged verdict
+does: searching the process's memory (gc.get_objects and its kin, ctypes), rewriting the code of the kit's
+functions, and importing or reading the kit's reference solution or tests. A refused operation raises
+PermissionError where it was attempted, and the worker reports every refusal; the parent fails the file.
+
+What it does not stop, README.md's threat model says: a layer that behaves only while it sees the checks, and
+frame walking (inspect.currentframe().f_back...) to the worker's own variables.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+_MEMORY = ("gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames")
+_HIDDEN = ("solution", "tests")  # top-level packages of the kit that a learner's code has no business loading
+
+
+class Guard:
+    def __init__(self, kit_root: str, learner_file: str):
+        root = os.path.realpath(kit_root)
+        self.hidden_dirs = tuple(os.path.join(root, d) + os.sep for d in _HIDDEN)
+        self.learner_file = os.path.realpath(learner_file)
+        self.refused: list[str] = []
+        self.kit_io = False  # set while the kit itself reads sources (provenance), never while learner code runs
+
+    def __call__(self, event: str, args: tuple) -> None:
+        why = self._why(event, args)
+        if why:
+            self.refused.append(why)
+            raise PermissionError(f"lora-drill refused this while checking your layer: {why}")
+
+    def _why(self, event: str, args: tuple) -> str:
+        if event in _MEMORY:
+            return f"{event}(), a search of the checking process's memory"
+        if event.startswith("ctypes."):
+            return f"{event}, raw access to the checking process's memory"
+        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+            module = getattr(args[0], "__module__", "") or ""
+            if module == "checks" or module.startswith("checks."):
+                return f"replacing the code of the kit's {getattr(args[0], '__qualname__', '?')}"
+            return ""
+        if event == "import" and args and isinstance(args[0], str):
+            top = args[0].split(".")[0]
+            return f"importing {args[0]!r}, the kit's own code" if top in _HIDDEN else ""
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)) and not self.kit_io:
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if path != self.learner_file and path.startswith(self.hidden_dirs):
+                return f"reading {path}, the kit's own code"
+        return ""
+
+    @contextlib.contextmanager
+    def reading_sources(self):
+        """The kit reads source files itself (provenance): allowed, and only then."""
+        self.kit_io = True
+        try:
+            yield
+        finally:
+            self.kit_io = False
+
+
+def install(kit_root: str, learner_file: str) -> Guard:
+    """Add the guard as an audit hook for the rest of this process's life, and return it."""
+    guard = Guard(kit_root, learner_file)
+    sys.addaudithook(guard)
+    return guard
