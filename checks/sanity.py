@@ -105,14 +105,15 @@ def only_a_and_b_train(cls) -> str:
                       f"{'the trained adapter' if 'base.weight' not in left_out else 'the pretrained W0'}",
                       "register base as a submodule and A, B as nn.Parameter attributes; do not override "
                       "state_dict() or _save_to_state_dict() to drop them")
-    _moves_whole(cls)
+    for bias in (True, False):
+        _moves_whole(cls, bias)
     return (f"trainable: {', '.join(names)} ({trainable} of {total} parameters at in=10, out=6, r=2); "
             f"frozen: {', '.join(frozen)}")
 
 
-def _moves_whole(cls) -> None:
-    """After .to(torch.float64), base, A and B are float64 and forward gives the formula in float64."""
-    layer = make(cls, 10, 6, r=2, alpha=4)
+def _moves_whole(cls, bias: bool) -> None:
+    """After .to(torch.float64), base, A and B are float64 and forward gives what it gave in float32."""
+    layer = make(cls, 10, 6, r=2, alpha=4, bias=bias)
     layer.eval()
     randomise(layer)
     x = _randn(5, 10)
@@ -129,9 +130,11 @@ def _moves_whole(cls) -> None:
     try:
         out = layer(x.double())
     except Exception as exc:
-        raise Mistake(f"after layer.to(torch.float64), forward on a float64 input raised {describe(exc)}: forward "
-                      "keeps tensors that .to() does not move (views or copies cached in __init__?)",
-                      "read self.base, self.A and self.B inside forward; cache nothing derived from them") from exc
+        raise Mistake(f"after layer.{'to(torch.float64)'} (bias={bias}), forward on a float64 input raised "
+                      f"{describe(exc)}: forward uses tensors that .to() does not move (views or copies cached in "
+                      "__init__, a plain tensor attribute?) or casts x to another dtype (x.float()?)",
+                      "read self.base, self.A and self.B inside forward, keep x's dtype, and register any other "
+                      "tensor as a buffer (self.register_buffer)") from exc
     if not isinstance(out, torch.Tensor) or (steady and gap(out, before) > TOLERANCE):
         raise Mistake("after layer.to(torch.float64), forward gives other values than before it: it reads tensors "
                       "that .to() left behind",
@@ -148,6 +151,11 @@ def starts_at_base(cls) -> str:
         layer = make(cls, n_in, n_out, r=r, alpha=alpha, bias=bias)
         layer.train()  # dropout on the frozen path would show here; LoRA dropout is harmless while B = 0
         p = parts(layer)
+        for name, t in (("A", p.A), ("B", p.B)):
+            if not bool(torch.isfinite(t.detach()).all()):
+                raise Mistake(f"{name} starts with NaN or infinite values, so the output does too (0 · NaN is NaN): "
+                              "uninitialised memory (torch.empty) is not an init",
+                              "B = torch.zeros(out_features, r); A = torch.randn(r, in_features) / r (§4.1)")
         x = _randn(*lead, n_in)
         out = forward(layer, x).detach()
         expected = p.base(x).detach()
@@ -224,7 +232,7 @@ def shapes(cls) -> str:
                 ("B", p.B.shape, (n_out, r), "B projects up: nn.Parameter of shape (out_features, r)")):
             if tuple(got) != want:
                 raise Mistake(f"{name} has shape {tuple(got)} at in={n_in}, out={n_out}, r={r}; expected {want}", hint)
-        for lead in ((), (5,), (2, 3), (2, 3, 4)):
+        for lead in ((), (0,), (5,), (2, 3), (2, 3, 4)):
             got = tuple(forward(layer, _randn(*lead, n_in)).shape)
             if got != (*lead, n_out):
                 raise Mistake(f"input {(*lead, n_in)} gave output {got}; expected {(*lead, n_out)}",
@@ -247,7 +255,7 @@ def shapes(cls) -> str:
     if parts(make(cls, 12, 8, r=4, alpha=8, bias=False)).base.bias is not None:
         raise Mistake("LoRALinear(12, 8, bias=False) still has a bias: base.bias is not None",
                       "pass the flag on: self.base = nn.Linear(in_features, out_features, bias=bias)")
-    return ("A (r, in), B (out, r); output (..., out) for 1-D to 4-D input; in_features, out_features, r kept; "
+    return ("A (r, in), B (out, r); output (..., out) for 1-D to 4-D input and an empty batch; in_features, out_features, r kept; "
             "defaults r=4, alpha=8, bias=True; bias=False means no bias")
 
 
@@ -311,15 +319,20 @@ def merge_reproduces(cls) -> str:
     fresh = make(cls, 12, 8, r=4, alpha=6)
     fp = parts(fresh)
     try:
-        aliased = fresh.merged_weight()
+        aliased, again = fresh.merged_weight(), fresh.merged_weight()
     except Exception:
-        aliased = None  # _merged below names the error
+        aliased = again = None  # _merged below names the error
     if isinstance(aliased, torch.Tensor) and any(
             aliased.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
             for q in [*fresh.parameters(), *fresh.buffers(), fp.base.weight]):
         raise Mistake("merged_weight() returns a tensor that shares memory with the layer's own (base.weight "
                       "itself?): whoever changes the merged weight in place changes W0",
                       "return a new tensor: self.base.weight + self.scaling * (self.B @ self.A)")
+    if isinstance(aliased, torch.Tensor) and isinstance(again, torch.Tensor) and \
+            aliased.untyped_storage().data_ptr() == again.untyped_storage().data_ptr():
+        raise Mistake("two calls of merged_weight() return the same memory: the second call overwrites what the "
+                      "first returned",
+                      "return a new tensor from every call: self.base.weight + self.scaling * (self.B @ self.A)")
     for n_in, n_out, r, alpha in ((12, 8, 4, 6), (7, 20, 3, 5), (6, 6, 2, 3)):
         s = alpha / r
         layer = make(cls, n_in, n_out, r=r, alpha=alpha)
@@ -328,6 +341,14 @@ def merge_reproduces(cls) -> str:
         randomise(layer)
         x = _randn(6, n_in)
         _deterministic(layer, x)
+        if gap(forward(layer, x), _dense(x, p, s)) <= TOLERANCE:
+            with torch.no_grad():
+                p.A.add_(_randn(p.A.shape))
+                p.B.add_(_randn(p.B.shape))
+            if gap(forward(layer, x), _dense(x, p, s)) > TOLERANCE:
+                raise Mistake("in eval mode, forward does not follow A and B as they change (before merged_weight() "
+                              "is ever called): it keeps something derived from them from an earlier call",
+                              "compute forward from self.A and self.B on every call; cache nothing derived from them")
         out_before = forward(layer, x).detach().clone()
         followed = gap(out_before, _dense(x, p, s)) <= TOLERANCE  # else check 7 has the story, not this one
         state = {k: v.detach().clone() for k, v in layer.state_dict().items()}  # just before the call
@@ -461,17 +482,24 @@ def judge_formula(cls, config: oracle.Config) -> None:
     randomise(layer)
     p = parts(layer)
     x = config.input(requires_grad=True)
+    g = _randn(*config.lead, config.out_features)
+    want = formula(x, p.base.weight, p.base.bias, p.A, p.B, config.scaling, g)  # the tensors as set, before forward
+    before = {k: v.detach().clone() for k, v in layer.named_parameters()}
     for q in layer.parameters():
         q.grad = None
     out = oracle.run(layer, x, config.train)
-    g = _randn(*config.lead, config.out_features)
-    want = formula(x, p.base.weight, p.base.bias, p.A, p.B, config.scaling, g)
+    changed = [k for k, v in layer.named_parameters() if not _same_state(before[k], v.detach())]
+    if changed:
+        raise fail(config, f"forward changed the layer's parameters ({', '.join(changed)}): a layer's forward only "
+                           "reads them; the optimizer alone moves A and B",
+                   "remove in-place writes to parameters (.data, +=, mul_, renorm_) from forward")
     if tuple(out.shape) != tuple(want.out.shape):
         raise fail(config, f"the output has shape {tuple(out.shape)}; expected {tuple(want.out.shape)}",
                    "forward maps (..., in_features) to (..., out_features)")
     if gap(out, want.out) > TOLERANCE:
-        if config.train and _right_on_average(layer, x, want.out):
-            return  # random in train mode (hand-written LoRA dropout) and right on average: allowed
+        if config.train and _is_random(layer, x, out):
+            _judge_on_average(layer, config, x, p, want, g)  # hand-written LoRA dropout: right on average, or not
+            return
         raise fail(config, *_formula_diagnosis(config, out, x, p, want.out))
     if not out.requires_grad:
         raise fail(config, "the output carries no gradient",
@@ -489,17 +517,66 @@ def judge_formula(cls, config: oracle.Config) -> None:
                                "but whose graph is not",
                        "let autograd differentiate forward; if you write a backward, check it with "
                        "torch.autograd.gradcheck in float64")
+    if not config.train:
+        _judge_without_autograd(layer, config, x, want)
 
 
-def _right_on_average(layer, x, want: torch.Tensor, draws: int = 256) -> bool:
-    """Whether a forward that is random in train mode equals the formula on average (to five standard errors)."""
+def _is_random(layer, x, out, tries: int = 32) -> bool:
+    """Whether more train-mode forwards on the same input give other outputs (dropout written by hand). Several
+    tries: at a small p every draw may keep every input, and all of them then agree (scaled by 1/(1 - p))."""
     with torch.no_grad():
-        first = oracle.run(layer, x.detach(), True).double()
-        if gap(oracle.run(layer, x.detach(), True), first) <= TOLERANCE:
-            return False  # deterministic: the exact comparison has said all there is
-        outs = torch.stack([first] + [oracle.run(layer, x.detach(), True).double() for _ in range(draws - 1)])
-    mean, err = outs.mean(0), outs.std(0) / draws ** 0.5
-    return bool(((mean - want).abs() <= 5 * err + TOLERANCE * (1 + want.abs().max())).all())
+        return any(gap(oracle.run(layer, x.detach(), True), out.detach().double()) > TOLERANCE for _ in range(tries))
+
+
+def _noise_and_error(draws: torch.Tensor, want: torch.Tensor) -> tuple[float, float, float]:
+    """The mean's distance from `want`, its standard error (both as norms over every element) and a float slack."""
+    mean = draws.mean(0)
+    noise = ((draws - mean) ** 2).sum().sqrt().item() / draws.shape[0]
+    slack = TOLERANCE * (1 + want.abs().max().item()) * want.numel() ** 0.5
+    return (mean - want).norm().item(), noise, slack
+
+
+def _judge_on_average(layer, config, x, p, want, g, draws: int = 1024, grad_draws: int = 128) -> None:
+    """A forward that is random in train mode must equal the formula on average, and so must x's gradient:
+    dropout on the low-rank input, rescaled by 1/(1 - p), does; a missing rescale or a cut graph does not."""
+    where = str(config).replace(" (dropout off)", "")
+    with torch.no_grad():
+        outs = torch.stack([oracle.run(layer, x.detach(), True).double() for _ in range(draws)])
+    error, noise, slack = _noise_and_error(outs, want.out)
+    if error > 5 * noise + slack:
+        message, hint = _formula_diagnosis(config, outs.mean(0), x, p, want.out)
+        raise Mistake(f"at {where}: forward is random in train mode, and wrong on average over {draws} calls: "
+                      f"{message}. Dropout without its 1/(1 - p) rescaling does this",
+                      "apply dropout to the low-rank input with nn.Dropout, or rescale by 1/(1 - p) yourself; "
+                      + hint)
+    leaf = x.detach().clone().requires_grad_(True)
+    grads = []
+    for _ in range(grad_draws):
+        leaf.grad = None
+        (oracle.run(layer, leaf, True) * g).sum().backward()
+        grads.append(leaf.grad.double() if leaf.grad is not None else torch.zeros_like(want.grad_x))
+    error, noise, slack = _noise_and_error(torch.stack(grads), want.grad_x)
+    if error > 5 * noise + slack:
+        raise Mistake(f"at {where}: forward is random in train mode, and on average over {grad_draws} calls the "
+                      "gradient with respect to x is not the formula's: part of forward is cut from autograd in "
+                      "train mode (x.detach() before dropout?)",
+                      "let the gradient reach x through both paths: no .detach() or .data on x")
+
+
+def _judge_without_autograd(layer, config, x, want) -> None:
+    """Under torch.no_grad() (inference), forward gives the formula too, and a new tensor on every call."""
+    with torch.no_grad():
+        first = oracle.run(layer, x.detach(), False)
+        kept = first.detach().clone()
+        if gap(first, want.out) > TOLERANCE:
+            raise fail(config, "under torch.no_grad(), as at inference, the output is not x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ "
+                               "though it is with autograd on",
+                       "forward computes the same thing with or without autograd; keep one code path")
+        oracle.run(layer, x.detach() + 1, False)
+        if not _same_state(kept, first.detach()):
+            raise fail(config, "under torch.no_grad(), a second call of forward overwrote the first call's output: "
+                               "forward returns a buffer it reuses",
+                       "return a new tensor from every call")
 
 
 @check(7, "forward matches the LoRA formula")
@@ -617,13 +694,18 @@ def _layouts(t: torch.Tensor, n_out: int, n_in: int):
                     yield candidate[i:i + n_out, j:j + n_in]
 
 
-def _is_delta(t: torch.Tensor, targets: list, n_out: int, n_in: int) -> str:
-    """Which of ΔW's forms `t` holds, in any layout (transposed, with unit dimensions, or padded)."""
+def _is_delta(t: torch.Tensor, W0: torch.Tensor, BA: torch.Tensor, n_out: int, n_in: int) -> str:
+    """Which of ΔW's forms `t` holds (c·BA or W0 + c·BA, any c ≠ 0), in any layout (transposed, with unit
+    dimensions, or padded)."""
     t = t.double()
+    norm = (BA * BA).sum().item()
     for layout in _layouts(t, n_out, n_in):
-        for name, target in targets:
-            if gap(layout, target) <= TOLERANCE:
-                return name
+        for base, name in ((0, "{c}·B·A"), (W0, "W0 + {c}·B·A")):
+            rest = layout - base
+            c = (rest * BA).sum().item() / norm
+            if abs(c) > 1e-6 and gap(rest, c * BA) <= TOLERANCE:
+                return name.format(c=f"{c:.3g}").replace("1·B·A", "B·A") if abs(c - 1) < 1e-6 else \
+                    name.format(c=f"{c:.3g}")
     return ""
 
 
@@ -635,15 +717,14 @@ def stays_low_rank(cls) -> str:
         p = parts(layer)
         randomise(layer)
         W0, BA = p.base.weight.detach().double(), p.B.detach().double() @ p.A.detach().double()
-        s = alpha / r
-        targets = [("B·A", BA), ("(α/r)·B·A", s * BA), ("W0 + (α/r)·B·A", W0 + s * BA)]
         for lead, train, grad in (((1,), False, True), ((3,), True, True), ((17,), False, True),
-                                  ((2, 20), True, True), ((2, 3, 7), False, True), ((5,), False, False)):
+                                  ((2, 20), True, True), ((2, 3, 7), False, True), ((5,), False, False),
+                                  ((4, 64), False, True)):
             layer.train(train)
             with torch.set_grad_enabled(grad), _MadeTensors(n_in * n_out) as seen:
                 forward(layer, _randn(*lead, n_in))
             for op, t in seen.made:
-                what = _is_delta(t, targets, n_out, n_in)
+                what = _is_delta(t, W0, BA, n_out, n_in)
                 if what:
                     mode = ("train" if train else "eval") + (" mode" if grad else " mode under torch.no_grad()")
                     raise Mistake(

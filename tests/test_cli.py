@@ -68,7 +68,7 @@ def test_a_catalogued_mistake_imported_from_the_kits_tests_is_the_kits_code_not_
     # runs on every catalogued mistake; through the command line, a class from tests/ is the kit's code.
     name = sorted(mistakes.CAUGHT_BY)[0]
     code, report = run_json(learner_file(import_as_layer("tests.mistakes", name)))
-    assert code == 2 and "kit's code" in report["error"] and "checks" not in report
+    assert code == 2 and "the kit's own code" in report["error"] and "checks" not in report
 
 
 def test_junit_file_lists_each_check_and_its_failures(learner_file, tmp_path):

@@ -335,7 +335,8 @@ def test_the_loader_unpacks_the_kit_into_a_temporary_folder(built, tmp_path):
     script = setup_cells_as_script(nb) + (
         "\nprint('FROM', checks.__file__)\n"
         "try:\n    import solution\nexcept ModuleNotFoundError as exc:\n    print('ModuleNotFoundError:', exc)\n")
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-I", "-S", "-"], input=script, cwd=tmp_path, capture_output=True,
+                          text=True)  # on stdin: the packed kit is longer than one argument may be
     assert done.returncode == 0, done.stderr
     version = nb.metadata["lora_drill"]["kit_version"]
     assert f"lora-drill kit {version}: unpacked to " in done.stdout
@@ -348,7 +349,7 @@ def test_the_loader_unpacks_the_kit_into_a_temporary_folder(built, tmp_path):
 
 def test_the_loader_says_when_the_packed_kit_was_edited(built, tmp_path):
     edited = repack(nbformat.read(built, as_version=4), passes_everything, restamp=False)
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", setup_cells_as_script(edited)], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-I", "-S", "-"], input=setup_cells_as_script(edited), cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "it was edited since" in done.stdout
@@ -360,8 +361,8 @@ def test_the_edit_really_makes_the_packed_checks_pass_a_broken_layer(built, tmp_
     script = setup_cells_as_script(edited) + "\n" + handout.IMPORTS_CELL + "\n" + B_RANDOM + \
         "\nchecks.check_2(LoRALinear)\nprint('CHEAT WORKS')\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-"], input=script, cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
     assert done.returncode == 0 and "CHEAT WORKS" in done.stdout, done.stdout + done.stderr[-2000:]
 
 

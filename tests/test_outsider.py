@@ -1,13 +1,19 @@
-"""Layers written from scratch by a reviewer who had not seen the catalogue (tests/outsider_layers.py).
+"""Layers written from scratch by two reviewers who had not seen the catalogue (tests/outsider_layers.py and
+tests/outsider_layers_2.py, the second written against the checks the first one's findings had improved).
 
 Each wrong layer must fail first on the check named here, with a message that names its real cause; each correct
-layer must pass every check. Before the checks judged behaviour, 11 of these 21 wrong layers passed every check,
-8 got a misleading message and 3 correct layers failed.
+layer must pass every check. Against the checks as they stood when each reviewer started: round one, 11 of 21
+wrong layers passed every check, 8 got a misleading message and 3 correct layers failed; round two, 14 of 19 wrong
+layers passed, 3 got a misleading message and one correct layer failed (hand-written dropout at p = 0.01, by luck).
 """
 import pytest
 
 from checks.runner import evaluate
-from tests import outsider_layers
+from tests import outsider_layers, outsider_layers_2
+
+WRONG = {**outsider_layers.WRONG, **outsider_layers_2.WRONG}
+CORRECT = {**outsider_layers.CORRECT, **outsider_layers_2.CORRECT}
+assert len(WRONG) == len(outsider_layers.WRONG) + len(outsider_layers_2.WRONG), "a name is in both files"
 
 # name -> (the check that must fail first, words its message must contain)
 FIRST_FAILURE = {
@@ -25,41 +31,72 @@ FIRST_FAILURE = {
     "ChunkedDropsTail": (7, "(3, 70, 12)"),
     "StateDictDropsLoRA": (1, "state_dict() leaves out A, B"),
     "HandBackwardNoXGrad": (7, "the gradient with respect to x"),
-    "EmptyInitA": (8, "A starts with"),
+    "EmptyInitA": ({2, 8}, "A starts with"),  # uninitialised memory: NaN (check 2) or finite garbage (check 8)
     "SymmetricA": (8, "rank 1 of a possible 4"),
     "StaleTransposeView": (1, "after layer.to(torch.float64)"),
     "OneDimCrash": (4, "input of shape (10,)"),
     "BiasCopy": (6, "a copy of base's weight or bias"),
     "BF16LowRank": (7, "differs from x W0ᵀ + b"),
+    # round two
+    "NoGradIntDivScaling": (7, "under torch.no_grad()"),
+    "DenseAlphaBA": (10, "forward built the dense 5·B·A"),
+    "DenseForBigBatch": (10, "(4, 64, 24)"),
+    "MergedReusesOutBuffer": (5, "two calls of merged_weight() return the same memory"),
+    "TrainForwardRenormsA": (7, "forward changed the layer's parameters (A)"),
+    "HandDropoutDetachesX": (7, "the gradient with respect to x is not the formula's"),
+    "UnscaledDropout": (7, "wrong on average"),
+    "EvalCacheClearedOnTrain": (5, "forward does not follow A and B as they change"),
+    "CastsInputToFloat32": (1, "casts x to another dtype"),
+    "ZeroBiasNotRegistered": (1, "(bias=False)"),
+    "NoGradReusesOutput": (7, "overwrote the first call's output"),
+    "EmptyBatchCrash": (4, "input of shape (0, 10)"),
 }
 # A layer that changes what it does when it sees the kit watching is out of reach of any in-process check: it is
 # in the README's threat model as not defended. Strict, so the day a check does catch it, this test says so.
 UNDEFENDED = {"DenseUnlessWatched": "detects check 10's TorchFunctionMode and hides its dense ΔW from it"}
+# Outside what the drill's contract asks, so no check looks (strict: if one starts to, move the layer up):
+OUT_OF_SCOPE = {
+    "FractionScaling": "a float α (the drill's α is a whole number, as in the paper's tables)",
+    "IntAlpha": "a float α",
+    "AlphaZeroMeansDefault": "α = 0",
+    "RandInitA": "A uniform on [0, 1): random, though not the paper's Gaussian; the checks ask for random",
+    "LowRankFloat32NoCastBack": "dtypes other than float32 and float64",
+    "DropoutMaskOnCPU": "a GPU (none on this machine or CI)",
+    "BStoredTransposed": "B as a view of a differently shaped parameter, which the checks accept on purpose",
+}
 
 
 def test_every_wrong_layer_has_an_expectation():
-    assert set(FIRST_FAILURE) | set(UNDEFENDED) == set(outsider_layers.WRONG)
-    assert len(outsider_layers.WRONG) >= 10 and len(outsider_layers.CORRECT) >= 10
+    assert set(FIRST_FAILURE) | set(UNDEFENDED) | set(OUT_OF_SCOPE) == set(WRONG)
+    assert len(outsider_layers_2.WRONG) >= 10 and len(outsider_layers_2.CORRECT) >= 10
 
 
 @pytest.mark.parametrize("name", sorted(FIRST_FAILURE))
 def test_wrong_layer_fails_first_on_its_check_naming_the_cause(name):
-    cls, what, _ = outsider_layers.WRONG[name]
+    cls, what, _ = WRONG[name]
     failures = [r for r in evaluate(cls) if not r.passed]
     assert failures, f"{name} passed every check: {what}"
     check, words = FIRST_FAILURE[name]
-    assert (failures[0].id, words in failures[0].message) == (check, True), failures[0].line()
+    checks = check if isinstance(check, set) else {check}
+    assert (failures[0].id in checks, words in failures[0].message) == (True, True), failures[0].line()
     assert all(r.hint for r in failures)
 
 
 @pytest.mark.parametrize("name", sorted(UNDEFENDED))
 @pytest.mark.xfail(strict=True, reason="a layer that detects the checks is not defended (README: threat model)")
 def test_layers_that_detect_the_checks_are_not_caught(name):
-    cls, _, _ = outsider_layers.WRONG[name]
+    cls, _, _ = WRONG[name]
     assert [r for r in evaluate(cls) if not r.passed]
 
 
-@pytest.mark.parametrize("name", sorted(outsider_layers.CORRECT))
+@pytest.mark.parametrize("name", sorted(OUT_OF_SCOPE))
+@pytest.mark.xfail(strict=True, reason="outside the drill's contract: no check looks there (see OUT_OF_SCOPE)")
+def test_what_the_contract_does_not_ask_is_not_checked(name):
+    cls, _, _ = WRONG[name]
+    assert [r for r in evaluate(cls) if not r.passed]
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_layer_passes_every_check(name):
-    cls, why = outsider_layers.CORRECT[name]
+    cls, why = CORRECT[name]
     assert [r.line() for r in evaluate(cls) if not r.passed] == [], why
