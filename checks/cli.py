@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from checks import report
+from checks import notebook, report
 from checks.verdict import FAILED, INTERRUPTED, PASSED, UNUSABLE
 
 
@@ -169,19 +169,6 @@ def _demo_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _demo_target_problem(out: Path, drill: Path) -> str:
-    if out.suffix != ".ipynb":
-        return f"{out} does not end in .ipynb; name the executed notebook like demo.ipynb"
-    if not out.parent.is_dir():
-        return f"the folder {out.parent} does not exist; create it or name another place for {out.name}"
-    if out.resolve() == drill.resolve():
-        return f"{out} is the drill itself, which the demo never overwrites; name another file"
-    if not drill.is_file():
-        return (f"the drill's notebook is not at {drill}; the demo runs from a clone of the kit "
-                "(pip install -e .)")
-    return ""
-
-
 def demo_main(argv) -> int:
     from checks import demo  # nbclient takes half a second to import: only the demo pays for it
 
@@ -189,7 +176,7 @@ def demo_main(argv) -> int:
     if args is None:
         return code
     out = Path(args.out)
-    problem = _demo_target_problem(out, demo.NOTEBOOK)
+    problem = notebook.output_problem(out, demo.NOTEBOOK, "lora_solved.ipynb")
     if args.timeout <= 0:
         problem = f"--timeout must be a positive number of seconds; got {args.timeout:g}"
     if problem:

@@ -33,6 +33,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from checks.notebook import output_problem
+
 KIT_DIR = Path(__file__).resolve().parent
 KIT_ROOT = KIT_DIR.parent
 NOTEBOOK = KIT_ROOT / "lora_mock.ipynb"
@@ -373,20 +375,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _target_problem(out: Path, force: bool) -> str:
-    if out.suffix != ".ipynb":
-        return f"{out} does not end in .ipynb; name the handout like lora_handout.ipynb"
-    if not out.parent.is_dir():
-        return f"the folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or name another place"
-    if out.exists() and out.resolve() == NOTEBOOK.resolve():
-        return f"{out} is the drill's own notebook, which the handout is built from and never overwrites"
-    if out.is_dir():
-        return f"{out} is a folder; name the handout file, like {out / 'lora_handout.ipynb'}"
-    if out.exists() and not force:
-        return (f"{out} already exists (it could be a learner's work); name a new file, or pass --force to "
-                "replace it")
-    if not NOTEBOOK.is_file():
-        return f"the drill's notebook is not at {NOTEBOOK}; build handouts from a clone of the kit (pip install -e .)"
-    return ""
+    problem = output_problem(out, NOTEBOOK, "lora_handout.ipynb")
+    if not problem and out.exists() and not force:
+        problem = (f"{out} already exists (it could be a learner's work); name a new file, or pass --force to "
+                   "replace it")
+    return problem
 
 
 def _write(nb, out: Path) -> int:

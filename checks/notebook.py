@@ -119,3 +119,20 @@ def setup_imports(source: str) -> str:
         body = []
     imports = [ast.unparse(node) for node in body if isinstance(node, (ast.Import, ast.ImportFrom))]
     return "\n".join([*imports, "import checks"]) + "\n"
+
+
+def output_problem(out: Path, drill: Path, example: str) -> str:
+    """Why `out` cannot take a notebook the kit writes ("" if it can): it must end in .ipynb, sit in a folder that
+    exists, not be a folder, and not be the drill's own notebook, which the kit builds from and never overwrites;
+    and that notebook must be there (the kit runs from a clone)."""
+    if out.suffix != ".ipynb":
+        return f"{out} does not end in .ipynb; name it like {example}"
+    if not out.parent.is_dir():
+        return f"the folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or name another place"
+    if out.exists() and out.resolve() == drill.resolve():
+        return f"{out} is the drill's own notebook, which the kit builds from and never overwrites; name another file"
+    if out.is_dir():
+        return f"{out} is a folder; name the file, like {out / example}"
+    if not drill.is_file():
+        return f"the drill's notebook is not at {drill}; run this from a clone of the kit (pip install -e .)"
+    return ""
