@@ -428,6 +428,24 @@ def variants(base: type) -> list[Entry]:
         def merged_weight(self):
             return self.base.weight + float(self.scaling) * (self.B @ self.A)
 
+    try:
+        import numpy
+    except ImportError:  # the handout runs where numpy may be missing; the variant then simply is not offered
+        numpy = None
+    if numpy is not None:
+        @entry("scaling stored as a numpy float32")
+        class NumpyScaling(base):
+            def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
+                super().__init__(in_features, out_features, r=r, alpha=alpha, bias=bias)
+                self.scaling = numpy.float32(alpha) / numpy.float32(r)
+
+            def forward(self, x):
+                return self.base(x) + _low(self, x, float(self.scaling))
+
+            @torch.no_grad()
+            def merged_weight(self):
+                return self.base.weight + float(self.scaling) * (self.B @ self.A)
+
     @entry("merged_weight() returned in float64")
     class MergedInFloat64(base):
         @torch.no_grad()

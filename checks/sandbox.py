@@ -39,7 +39,9 @@ def _python_dirs() -> list[str]:
 
 def bwrap_prefix(kit_root: str, file_copy: Path) -> list[str]:
     """The bwrap command line that runs a worker for `file_copy`, which appears at WORKDIR/<its name>."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    # The private /tmp first: binds made after it stay visible, so a Python or a kit that lives under /tmp (a CI
+    # clone, a virtual environment made there) is still found inside the sandbox.
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--tmpfs", "/tmp"]
     for top in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -50,7 +52,7 @@ def bwrap_prefix(kit_root: str, file_copy: Path) -> list[str]:
             args += ["--ro-bind", d, d]
     checks_dir = os.path.join(kit_root, "checks")
     args += ["--ro-bind", checks_dir, checks_dir,
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", WORKDIR,
+             "--proc", "/proc", "--dev", "/dev", "--tmpfs", WORKDIR,
              "--ro-bind", str(file_copy), f"{WORKDIR}/{file_copy.name}",
              "--chdir", WORKDIR, "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"]
     return args
