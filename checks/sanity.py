@@ -17,7 +17,7 @@ from checks.oracle import TOLERANCE, configs, fail, formula, gap, param_grad_gap
 from checks.probe import Mistake, build, describe, forward, make, parts, toy_run
 
 # Bound before any learner code runs: a learner file that patches torch.allclose cannot fake a pass.
-_equal, _allclose, _randn, _isnan = torch.equal, torch.allclose, torch.randn, torch.isnan
+_equal, _allclose, _randn = torch.equal, torch.allclose, torch.randn
 
 CHECKS = {}  # id -> (name, function), in the drill's order
 
@@ -130,7 +130,7 @@ def _moves_whole(cls, bias: bool) -> None:
     try:
         out = layer(x.double())
     except Exception as exc:
-        raise Mistake(f"after layer.{'to(torch.float64)'} (bias={bias}), forward on a float64 input raised "
+        raise Mistake(f"after layer.to(torch.float64) (bias={bias}), forward on a float64 input raised "
                       f"{describe(exc)}: forward uses tensors that .to() does not move (views or copies cached in "
                       "__init__, a plain tensor attribute?) or casts x to another dtype (x.float()?)",
                       "read self.base, self.A and self.B inside forward, keep x's dtype, and register any other "
@@ -255,8 +255,8 @@ def shapes(cls) -> str:
     if parts(make(cls, 12, 8, r=4, alpha=8, bias=False)).base.bias is not None:
         raise Mistake("LoRALinear(12, 8, bias=False) still has a bias: base.bias is not None",
                       "pass the flag on: self.base = nn.Linear(in_features, out_features, bias=bias)")
-    return ("A (r, in), B (out, r); output (..., out) for 1-D to 4-D input and an empty batch; in_features, out_features, r kept; "
-            "defaults r=4, alpha=8, bias=True; bias=False means no bias")
+    return ("A (r, in), B (out, r); output (..., out) for 1-D to 4-D input and an empty batch; in_features, "
+            "out_features, r kept; defaults r=4, alpha=8, bias=True; bias=False means no bias")
 
 
 # ----------------------------------------------------------------------------------------------------- check 5
