@@ -128,7 +128,8 @@ class Run:
                         streams[item.fd](data)
                     else:
                         sel.unregister(item.fd)
-        return ""
+        # The pipes close as soon as a cancelled worker is killed: its end is the interruption, not the file's doing.
+        return "interrupted" if self.cancelled.is_set() else ""
 
 
 def check_file(path, timeout: float = 60.0, *, sandbox_kind: str = "none", threads: int = 0, shown=None,

@@ -174,6 +174,10 @@ def starts_at_base(cls) -> str:
         if p.base.bias is not None and _allclose(out, x @ p.base.weight.detach().T, rtol=0, atol=1e-6):
             raise Mistake(f"at init the output of {where} is x W0ᵀ without the base's bias b",
                           "the frozen path is self.base(x), bias included")
+        if not bool(torch.isfinite(out).all()):
+            raise Mistake(f"at init the output of {where} holds NaN or infinity, though B is zero: A holds values so "
+                          "large that x Aᵀ overflows, and 0 · ∞ is NaN (uninitialised memory from torch.empty?)",
+                          "A = torch.randn(r, in_features) / r and B = torch.zeros(out_features, r) (§4.1)")
         raise Mistake(f"at init (B = 0) the output of {where} differs from base(x) by up to {diff:.3g}: something "
                       "besides the low-rank term changes the frozen path (dropout on its input, a changed x, "
                       "an extra term?)",

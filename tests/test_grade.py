@@ -280,7 +280,7 @@ def test_ctrl_c_stops_every_worker_and_reports_the_files_already_graded(tmp_path
             grader.kill()
     assert grader.returncode == 130, stderr
     assert "Traceback" not in stdout + stderr
-    assert "a_finished.ipynb" in stdout and "INTERRUPTED" in stdout
+    assert "a_finished.ipynb" in stdout and "INTERRUPTED" in stdout, stdout + stderr
     with open(out / "g.csv", newline="", encoding="utf-8") as f:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
     assert rows["a_finished.ipynb"]["verdict"] == "PASS" and rows["b_hangs.ipynb"]["verdict"] == "INTERRUPTED"
