@@ -604,8 +604,39 @@ def formula_matches(cls) -> str:
 # ----------------------------------------------------------------------------------------------------- check 8
 
 
+class _Unwritten(TorchFunctionMode):
+    """Remembers the storage of every tensor torch.empty makes, and forgets it once anything writes into it
+    (normal_, uniform_, copy_, nn.init.*, item assignment, in-place arithmetic): what is left is uninitialised."""
+
+    _EMPTY = {torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty}
+
+    def __init__(self):
+        super().__init__()
+        self.unwritten: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if func in self._EMPTY and isinstance(out, torch.Tensor):
+            self.unwritten.add(out.untyped_storage().data_ptr())
+        writes = (name.endswith("_") and not name.startswith("__")) or name == "__setitem__" or name.startswith("__i")
+        first = args[0] if args else kwargs.get("tensor", kwargs.get("input"))  # nn.init passes tensor=...
+        for target in ([first] if writes else []) + [kwargs.get("out")]:
+            if isinstance(target, torch.Tensor):
+                self.unwritten.discard(target.untyped_storage().data_ptr())
+        return out
+
+
 @check(8, "paper's init: B zero, A random")
 def paper_init(cls) -> str:
+    with _Unwritten() as watch:
+        fresh = parts(make(cls, 16, 12, r=4, alpha=8))
+    if fresh.A.untyped_storage().data_ptr() in watch.unwritten:
+        raise Mistake("A is uninitialised memory: it comes from torch.empty and nothing writes into it afterwards, "
+                      "so its values are whatever the memory held (zeros, garbage, NaN), not a random draw",
+                      "initialise A at random, e.g. torch.randn(r, in_features) / r, or nn.init.normal_(self.A) "
+                      "after torch.empty")
     layers = []
     for seed in (1, 2, 1):
         torch.manual_seed(seed)

@@ -31,8 +31,8 @@ FIRST_FAILURE = {
     "ChunkedDropsTail": (7, "(3, 70, 12)"),
     "StateDictDropsLoRA": (1, "state_dict() leaves out A, B"),
     "HandBackwardNoXGrad": (7, "the gradient with respect to x"),
-    # uninitialised memory: NaN (check 2), or finite garbage that is rank-deficient or not reproducible (check 8)
-    "EmptyInitA": ({2, 8}, ("A starts with", "not drawn from torch's generator", "torch.empty")),
+    # uninitialised memory: NaN or an overflow at init (check 2), else found as torch.empty never written (check 8)
+    "EmptyInitA": ({2, 8}, "torch.empty"),
     "SymmetricA": (8, "rank 1 of a possible 4"),
     "StaleTransposeView": (1, "after layer.to(torch.float64)"),
     "OneDimCrash": (4, "input of shape (10,)"),
