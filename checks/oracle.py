@@ -175,7 +175,7 @@ def leaf_grads(layer, tensors, expected) -> dict:
     Returns {parameter: (names, expected gradient)}."""
     leaves = [q for q in layer.parameters() if q.requires_grad]
     wanted: dict = {}
-    for name, t, e in tensors_named(tensors, expected):
+    for (name, t), e in zip(tensors, expected):
         if t.is_leaf:
             pairs = [(t, e)]
         else:
@@ -185,10 +185,6 @@ def leaf_grads(layer, tensors, expected) -> dict:
             names, total = wanted.get(q, ((), None))
             wanted[q] = ((*names, name), g if total is None else total + g)
     return wanted
-
-
-def tensors_named(tensors, expected):
-    return [(name, t, e) for (name, t), e in zip(tensors, expected)]
 
 
 def param_grad_gaps(layer, tensors, expected) -> list:

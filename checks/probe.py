@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Bound before any learner code runs: a learner file that patches torch.equal cannot fake a pass.
+_equal, _allclose = torch.equal, torch.allclose
+
 # Frames from these folders are the kit's or a library's; the rest are the learner's.
 _NOT_LEARNER = tuple(
     os.path.realpath(p) + os.sep
@@ -116,7 +119,7 @@ def forward(layer, x: torch.Tensor, guard: bool = True) -> torch.Tensor:
         raise Mistake(f"forward on an input of shape {tuple(x.shape)} raised {describe(exc)}",
                       "forward takes any input of shape (..., in_features), contiguous or not; run your layer "
                       "on such an input by hand to see the error") from exc
-    if guard and not _unchanged(x, given):
+    if guard and not same_values(x, given):
         raise Mistake("forward changed its input tensor in place: the caller's x is not what it passed in",
                       "use out-of-place ops on x (x * s, not x.mul_(s); x = x + …, not x += …)")
     if out is None:
@@ -126,11 +129,13 @@ def forward(layer, x: torch.Tensor, guard: bool = True) -> torch.Tensor:
     return out
 
 
-def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
-    if before.shape != after.shape:
+def same_values(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Equal in shape, dtype and every value, NaN included where both are NaN."""
+    if before.shape != after.shape or before.dtype != after.dtype:
         return False
-    with torch.no_grad():
-        return bool(((before == after) | (before.isnan() & after.isnan())).all())
+    if before.is_floating_point():
+        return _allclose(before.detach(), after.detach(), rtol=0, atol=0, equal_nan=True)
+    return _equal(before, after)
 
 
 def smoke(cls) -> None:

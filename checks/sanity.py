@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from checks import oracle
 from checks.oracle import TOLERANCE, configs, fail, formula, gap, param_grad_gaps, randomise, reached
-from checks.probe import Mistake, build, describe, forward, make, parts, toy_run
+from checks.probe import Mistake, build, describe, forward, make, parts, same_values, toy_run
 
 # Bound before any learner code runs: a learner file that patches torch.allclose cannot fake a pass.
 _equal, _allclose, _randn = torch.equal, torch.allclose, torch.randn
@@ -41,13 +41,18 @@ def _owner(t, params: list) -> torch.Tensor | None:
     return None
 
 
-def _same_state(before: torch.Tensor, after: torch.Tensor) -> bool:
-    """Equal, NaN included where both are NaN."""
-    if before.shape != after.shape or before.dtype != after.dtype:
-        return False
-    if before.is_floating_point():
-        return _allclose(before, after, rtol=0, atol=0, equal_nan=True)
-    return _equal(before, after)
+def _parameters(layer) -> dict:
+    return {k: v.detach().clone() for k, v in layer.named_parameters()}
+
+
+def _changed_by_forward(layer, before: dict) -> tuple[str, str] | None:
+    """(message, hint) when the layer's parameters differ from `before`, taken just before a forward."""
+    changed = [k for k, v in layer.named_parameters() if k in before and not same_values(before[k], v)]
+    if not changed:
+        return None
+    return (f"forward changed the layer's parameters ({', '.join(changed)}): a layer's forward only reads them; "
+            "the optimizer alone moves A and B",
+            "remove in-place writes to parameters (.data, +=, mul_, renorm_) from forward")
 
 
 def _scaling_value(layer) -> float | None:
@@ -280,13 +285,11 @@ def _merge_diagnosis(W, W0, BA, s) -> tuple[str, str]:
 
 def _deterministic(layer, x) -> None:
     """In eval mode, forward twice on one input gives one output and leaves the layer's parameters as they were."""
-    params = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    before = _parameters(layer)
     first = forward(layer, x).detach().clone()
-    changed = [k for k, v in layer.named_parameters() if k in params and not _same_state(params[k], v.detach())]
+    changed = _changed_by_forward(layer, before)
     if changed:
-        raise Mistake(f"forward changed the layer's parameters ({', '.join(changed)}): a layer's forward only reads "
-                      "them; the optimizer alone moves A and B",
-                      "remove in-place writes to parameters (.data, +=, mul_) from forward")
+        raise Mistake(*changed)
     if gap(forward(layer, x), first.double()) > TOLERANCE:
         raise Mistake("in eval mode, two calls of forward on the same input give different outputs: something "
                       "random (dropout?) is active outside train mode",
@@ -305,17 +308,17 @@ def _merged(layer, when: str) -> torch.Tensor:
     return W.detach().clone()
 
 
-def _dense(x, p, s) -> torch.Tensor:
-    """x (W0 + s·BA)ᵀ + b in float64, from the layer's current tensors."""
-    W = p.base.weight.detach().double() + s * (p.B.detach().double() @ p.A.detach().double())
-    b = p.base.bias.detach().double() if p.base.bias is not None else 0
-    return x.double() @ W.T + b
-
-
 def _expected_merge(p, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W0 + s·BA, W0 and BA in float64, from the layer's current tensors."""
     W0 = p.base.weight.detach().double()
     BA = p.B.detach().double() @ p.A.detach().double()
     return W0 + s * BA, W0, BA
+
+
+def _dense(x, p, s) -> torch.Tensor:
+    """x (W0 + s·BA)ᵀ + b in float64, from the layer's current tensors."""
+    b = p.base.bias.detach().double() if p.base.bias is not None else 0
+    return x.double() @ _expected_merge(p, s)[0].T + b
 
 
 @check(5, "merged weight is W0 + (α/r)·BA")
@@ -357,7 +360,7 @@ def merge_reproduces(cls) -> str:
         followed = gap(out_before, _dense(x, p, s)) <= TOLERANCE  # else check 7 has the story, not this one
         state = {k: v.detach().clone() for k, v in layer.state_dict().items()}  # just before the call
         W = _merged(layer, "")
-        changed = [k for k, v in layer.state_dict().items() if k not in state or not _same_state(state[k], v.detach())]
+        changed = [k for k, v in layer.state_dict().items() if k not in state or not same_values(state[k], v)]
         if changed:
             raise Mistake(f"merged_weight() changed the layer ({', '.join(changed)}): the next forward would add "
                           "ΔW twice", "compute and return a new tensor; do not write into base.weight")
@@ -488,15 +491,13 @@ def judge_formula(cls, config: oracle.Config) -> None:
     x = config.input(requires_grad=True)
     g = _randn(*config.lead, config.out_features)
     want = formula(x, p.base.weight, p.base.bias, p.A, p.B, config.scaling, g)  # the tensors as set, before forward
-    before = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    before = _parameters(layer)
     for q in layer.parameters():
         q.grad = None
     out = oracle.run(layer, x, config.train)
-    changed = [k for k, v in layer.named_parameters() if not _same_state(before[k], v.detach())]
+    changed = _changed_by_forward(layer, before)
     if changed:
-        raise fail(config, f"forward changed the layer's parameters ({', '.join(changed)}): a layer's forward only "
-                           "reads them; the optimizer alone moves A and B",
-                   "remove in-place writes to parameters (.data, +=, mul_, renorm_) from forward")
+        raise fail(config, *changed)
     if tuple(out.shape) != tuple(want.out.shape):
         raise fail(config, f"the output has shape {tuple(out.shape)}; expected {tuple(want.out.shape)}",
                    "forward maps (..., in_features) to (..., out_features)")
@@ -577,7 +578,7 @@ def _judge_without_autograd(layer, config, x, want) -> None:
                                "though it is with autograd on",
                        "forward computes the same thing with or without autograd; keep one code path")
         oracle.run(layer, x.detach() + 1, False)
-        if not _same_state(kept, first.detach()):
+        if not same_values(kept, first):
             raise fail(config, "under torch.no_grad(), a second call of forward overwrote the first call's output: "
                                "forward returns a buffer it reuses",
                        "return a new tensor from every call")

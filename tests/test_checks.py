@@ -110,3 +110,18 @@ def test_checks_own_adam_follows_torch_optim_adam():
     state = opt_theirs.state[theirs]
     torch.testing.assert_close(opt_ours.m[0], state["exp_avg"])
     torch.testing.assert_close(opt_ours.v[0], state["exp_avg_sq"])
+
+
+def test_check_8_names_an_a_that_torch_empty_made_and_nothing_wrote():
+    """Deterministic, whatever the uninitialised memory holds: the watch follows torch.empty's storage."""
+    from checks.sanity import _Unwritten, paper_init
+    from tests.outsider_layers import WRONG
+
+    with _Unwritten() as watch:
+        left = torch.empty(3, 4)
+        filled = [torch.empty(3, 4).normal_(), torch.nn.init.kaiming_uniform_(torch.empty(3, 4)), torch.empty(3)]
+        filled[2][:] = 1.0
+    assert left.untyped_storage().data_ptr() in watch.unwritten
+    assert not any(t.untyped_storage().data_ptr() in watch.unwritten for t in filled)
+    with pytest.raises(checks.probe.Mistake, match="A is uninitialised memory"):
+        paper_init(WRONG["EmptyInitA"][0])
