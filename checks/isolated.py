@@ -9,6 +9,7 @@ and only its first and last OUTPUT_KEEP bytes are kept. This side never imports 
 """
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from checks import channel, sandbox
 from checks.drill import SWAP_VARIABLE
+from checks.judge import Exam
 from checks.report import Result
 from checks.verdict import Finding, Verdict
 
@@ -62,6 +64,7 @@ class Run:
 
     def __init__(self, path: Path, timeout: float, sandbox_kind: str = "none", threads: int = 0):
         self.path, self.timeout, self.kind, self.threads = path, timeout, sandbox_kind, threads
+        self.exam = Exam.draw()  # this run's questions: drawn here, where no learner code runs
         self.process: subprocess.Popen | None = None
         self.cancelled = threading.Event()
 
@@ -91,7 +94,7 @@ class Run:
             os.close(w)
         try:
             try:
-                self.process.stdin.write(key)
+                self.process.stdin.write(key + json.dumps(self.exam.questions).encode())
                 self.process.stdin.close()
             except OSError:
                 pass  # the worker is already gone: its report says so
@@ -156,7 +159,8 @@ def check_file(path, timeout: float = 60.0, *, sandbox_kind: str = "none", threa
     # The kit's own reference file, checked where it lives (the quick start, the latency benchmark), is the kit's
     # by right; a copy of it anywhere else, or in a submission, is judged like any file.
     own = str(path.resolve()).startswith(str(Path(KIT_ROOT, "solution").resolve()) + os.sep)
-    verdict = interpret(reader, code, stop, timeout, None if own else index.get("kit"), index.get("checks"))
+    verdict = interpret(reader, code, stop, timeout, None if own else index.get("kit"), index.get("checks"),
+                        run.exam)
     verdict.path, verdict.output, verdict.dropped = shown, output.text(), output.dropped
     verdict.seconds, verdict.sandbox = time.monotonic() - start, sandbox_kind
     return verdict
@@ -175,8 +179,10 @@ NOT_AUTHENTIC = ("the check process's report is not authentic ({}): code in the 
                  "so nothing this run reported can be trusted")
 
 
-def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, checks_index=None) -> Verdict:
-    """What the worker's messages, and how it ended, say about the file."""
+def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, checks_index=None,
+              exam: Exam | None = None) -> Verdict:
+    """What the worker's messages, and how it ended, say about the file; with `exam`, checks 1–9 are judged here,
+    from the layer's answers to the exam's questions (checks/judge.py), whatever the worker's checks said."""
     from checks.provenance import registry_problem
 
     v = Verdict("")
@@ -189,7 +195,7 @@ def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, chec
         return v
     messages = list(reader.messages)
     expected: list[tuple[int, str]] = []
-    stage, cell, running, hello_rows = "start", None, None, None
+    stage, cell, running, hello_rows, answers = "start", None, None, None, []
     for m in messages:
         kind = m.get("kind")
         if stage == "start" and kind == "hello":
@@ -231,6 +237,8 @@ def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, chec
             running = None
             if len(v.results) == len(expected):
                 stage = "checked"
+        elif stage == "checked" and kind == "answer" and exam and v.results and m.get("n") == len(answers):
+            answers.append(m.get("answer"))
         elif stage == "checked" and kind == "after":
             changed = [str(c) for c in (m.get("changed") or [])]
             if m.get("checks") != hello_rows:
@@ -255,8 +263,24 @@ def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, chec
             v.results, v.error = [], Finding(NOT_AUTHENTIC.format(f"a {kind!r} message came out of order"), "")
             return v
     if stage == "end":
-        return v
+        return judged(v, exam, answers) if exam and v.results else v
     return _unfinished(v, stage, cell, running, code, stop, timeout)
+
+
+def judged(v: Verdict, exam: Exam, answers: list) -> Verdict:
+    """Checks 1–9 as this side judges them from the layer's answers: a check the worker passed fails here when the
+    answers show the rule broken (a check the worker failed stays failed, with the worker's fuller message)."""
+    if len(answers) < len(exam.questions):
+        v.results, v.error = [], Finding(NOT_AUTHENTIC.format(f"it answered {len(answers)} of the kit's "
+                                                              f"{len(exam.questions)} questions"), "")
+        return v
+    found = exam.judge(answers)
+    for i, r in enumerate(v.results):
+        f = found.get(r.id)
+        if f and r.passed:
+            v.results[i] = Result(r.id, r.name, False, f"{f.message} (judged by the kit's own process from the "
+                                  "layer's answers to its questions; the file's process had reported a pass)", f.hint)
+    return v
 
 
 def _unfinished(v: Verdict, stage: str, cell, running, code, stop: str, timeout: float) -> Verdict:

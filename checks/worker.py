@@ -11,11 +11,13 @@ the fingerprint of every check function. Then it loads the file and sends, over 
   | load_error {message, hint}
   unusable {message, hint}       the layer cannot be built and run once
   | start {id, name}, result {id, name, passed, message, hint}   per check, in the registry's order
+  answer {n, answer}             per question of the parent's exam, in order: what the layer did (checks/answers.py)
   after {checks, changed}        the registry again, and what of the kit changed while learner code ran
   end
 
 The parent accepts nothing else, in no other order. Learner code runs in this process, so it could read the key
-from memory; README.md's threat model says what this does and does not defend against.
+from memory: that is why the parent judges checks 1–9 itself from the answers (checks/judge.py), and why
+README.md's threat model says what this does and does not defend against.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _cut(text) -> str:
 
 
 def main(argv) -> None:
-    key = sys.stdin.buffer.read()
+    given = sys.stdin.buffer.read()  # the run's key, then the trusted side's questions (checks/judge.py)
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # learner code that reads input() gets an empty line, not the key
     kit_root, path, fd = argv[0], argv[1], int(argv[2])
@@ -39,6 +41,7 @@ def main(argv) -> None:
     sys.path[:] = [kit_root] + [p for p in sys.path if p not in ("", ".", os.getcwd())]
 
     import builtins
+    import json
     import traceback
 
     import torch
@@ -50,13 +53,15 @@ def main(argv) -> None:
     except Exception:  # noqa: BLE001  the lab is not needed for the verdict; a notebook that needs it says so
         pass
     from checks import guard, loading, notebook, provenance, runner  # noqa: F401
-    from checks.channel import Writer
+    from checks.answers import answer
+    from checks.channel import KEY_BYTES, Writer
     from checks.probe import Unusable, describe
 
     for name in checks.__all__:  # resolve the lazy names now, so the snapshot below holds them all
         getattr(checks, name)
-    send = Writer(fd, key).send
-    del key
+    send = Writer(fd, given[:KEY_BYTES]).send
+    questions = json.loads(given[KEY_BYTES:] or b"[]")
+    del given
     registry = runner.registry()
     fingerprints = provenance.describe_checks(registry)
     changes = Snapshot(builtins).changes  # bound now: a later change to the class does not reach it
@@ -85,6 +90,8 @@ def main(argv) -> None:
         for result in iter_results(cls, registry, on_start=lambda n, name: send("start", id=n, name=name)):
             send("result", id=result.id, name=result.name, passed=bool(result.passed), message=_cut(result.message),
                  hint=_cut(result.hint))
+        for n, question in enumerate(questions):  # what the layer does on the trusted side's own inputs
+            send("answer", n=n, answer=answer(cls, question))
     except Unusable as exc:
         traceback.print_exception(exc.__cause__ or exc)
         send("unusable", message=_cut(exc.message), hint=_cut(exc.hint))
