@@ -150,12 +150,15 @@ def check_file(path, timeout: float = 60.0, *, sandbox_kind: str = "none", threa
     index: dict = {}
     indexing = threading.Thread(target=lambda: index.update(_kit_index()), daemon=True)
     indexing.start()  # fingerprinting the kit's sources overlaps the worker's start-up
+    preparing = threading.Thread(target=run.exam.prepare, daemon=True)
+    preparing.start()  # and so does working out what a correct layer answers
     try:
         reader, output, code, stop = run.execute()
     except OSError as exc:
         return Verdict(shown, error=Finding(f"the check process could not start: {exc}",
                                             "check that this Python can run (and bwrap, with --sandbox bwrap)"))
     indexing.join()
+    preparing.join()
     # The kit's own reference file, checked where it lives (the quick start, the latency benchmark), is the kit's
     # by right; a copy of it anywhere else, or in a submission, is judged like any file.
     own = str(path.resolve()).startswith(str(Path(KIT_ROOT, "solution").resolve()) + os.sep)

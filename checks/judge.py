@@ -6,7 +6,7 @@ code and never imports torch, draws fresh questions for every run: its own A, B,
 gradients g, a teacher for a short training run, seeds for the init. The worker answers each with what the layer
 did (its outputs, the change one gradient step makes to A and B, merged_weight(), the parameters after training),
 and this side compares the answers with §4.1's formula, h = x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ, computed here in plain
-Python floats from its own numbers. Every number it sends is a multiple of 1/256 in [-0.5, 0.5], exact in float32
+Python floats from its own numbers. Every number it sends is a multiple of 1/256 in [-0.5, 0.5), exact in float32
 and in JSON. A submission can still say anything over the channel, but to pass it must answer like a correct LoRA
 layer on inputs it could not predict: that is the exercise itself.
 
@@ -129,12 +129,14 @@ def _mse(a, b) -> float:
 # ------------------------------------------------------------------------------------------ questions
 
 
-def _matrix(rng, rows, cols):
-    return [[rng.randint(-128, 128) / 256 for _ in range(cols)] for _ in range(rows)]
-
-
 def _vector(rng, n):
-    return [rng.randint(-128, 128) / 256 for _ in range(n)]
+    """n numbers from -0.5 to 127/256, each a multiple of 1/256."""
+    bits = rng.getrandbits(8 * n) if n else 0
+    return [((bits >> (8 * i)) & 255) / 256 - 0.5 for i in range(n)]
+
+
+def _matrix(rng, rows, cols):
+    return [_vector(rng, cols) for _ in range(rows)]
 
 
 def _call(q) -> str:
@@ -172,6 +174,7 @@ class Exam:
     """One run's questions (sent to the worker) and what a correct layer answers (kept here)."""
 
     questions: list = field(default_factory=list)
+    expected: list | None = None  # what a correct layer answers, per question: see prepare()
 
     @classmethod
     def draw(cls, seed: int | None = None, formulas: int = 8) -> Exam:
@@ -198,11 +201,17 @@ class Exam:
                    "held": _matrix(rng, 64, 16)})
         return cls(qs)
 
+    def prepare(self) -> None:
+        """Compute what a correct layer answers (the command line does it while the worker imports torch)."""
+        if self.expected is None:
+            self.expected = [_EXPECT[q["kind"]](q) for q in self.questions]
+
     def judge(self, answers: list) -> dict[int, Finding]:
         """{check id: the first Finding against it}, from the worker's answers, one per question in order."""
+        self.prepare()
         found: dict[int, Finding] = {}
-        for q, a in zip(self.questions, answers):
-            for check, finding in _JUDGES[q["kind"]](q, a if isinstance(a, dict) else {"error": "no answer"}):
+        for q, want, a in zip(self.questions, self.expected, answers):
+            for check, finding in _JUDGES[q["kind"]](q, want, a if isinstance(a, dict) else {"error": "no answer"}):
                 found.setdefault(check, finding)
         if len(answers) < len(self.questions):
             found.setdefault(7, Finding("the check process answered fewer questions than were asked",
@@ -220,7 +229,11 @@ def _error(q, a, checks):
     return [(c, finding) for c in checks]
 
 
-def _judge_init(q, a):
+def _expect_init(q):
+    return {"out": _plus_bias(_mm(q["x"], _t(q["W0"])), q["b"])}
+
+
+def _judge_init(q, want, a):
     if "error" in a:
         return _error(q, a, (2, 8))
     found = []
@@ -245,8 +258,7 @@ def _judge_init(q, a):
     elif A1 != A1_again:
         found.append((8, Finding("A differs between two layers built after the same torch.manual_seed",
                                  "draw A with torch's generator: torch.randn(r, in_features) / r")))
-    want = _plus_bias(_mm(q["x"], _t(q["W0"])), q["b"])
-    if gap(a.get("out"), want) > TOLERANCE:
+    if gap(a.get("out"), want["out"]) > TOLERANCE:
         why = ": B is not zero" if any(v != 0 for v in _flat(Bs[0])) else ""
         found.append((2, Finding(f"at init, with base.weight and base.bias set to the kit's values, the output of "
                                  f"{_call(q)} is not base(x){why}", "initialise B with torch.zeros(out_features, r) "
@@ -254,7 +266,11 @@ def _judge_init(q, a):
     return found
 
 
-def _judge_defaults(q, a):
+def _expect_defaults(q):
+    return {"out": formula(q["x"], q["W0"], q["b"], q["A"], q["B"], 2.0, [[0.0] * q["out"] for _ in q["x"]])[0]}
+
+
+def _judge_defaults(q, want, a):
     if "error" in a:
         return _error(q, a, (4,))
     n_in, n_out = q["in"], q["out"]
@@ -262,14 +278,22 @@ def _judge_defaults(q, a):
         return [(4, Finding(f"LoRALinear({n_in}, {n_out}) with the defaults left out has A {a.get('A_shape')}, "
                             f"B {a.get('B_shape')}, bias {a.get('bias')}; expected r=4, bias=True",
                             "def __init__(self, in_features, out_features, r=4, alpha=8, bias=True)"))]
-    out = formula(q["x"], q["W0"], q["b"], q["A"], q["B"], 2.0, [[0.0] * n_out for _ in q["x"]])[0]
-    if gap(a.get("out"), out) > TOLERANCE:
+    if gap(a.get("out"), want["out"]) > TOLERANCE:
         return [(4, Finding(f"LoRALinear({n_in}, {n_out}) with the defaults left out does not scale by α/r = 8/4 = 2",
                             "the defaults are r=4, alpha=8: self.scaling = alpha / r"))]
     return []
 
 
-def _judge_formula(q, a):
+def _expect_formula(q):
+    s = q["alpha"] / q["r"]
+    out, grad_x, grad_A, grad_B = formula(q["x"], q["W0"], q["b"], q["A"], q["B"], s, q["g"])
+    zeros = [[0.0] * q["out"] for _ in q["x"]]
+    return {"merged": merge(q["W0"], q["A"], q["B"], s), "merged_2": merge(q["W0_2"], q["A_2"], q["B_2"], s),
+            "out": out, "grad_x": grad_x, "grad_A": grad_A, "grad_B": grad_B,
+            "out_2": formula(q["x"], q["W0_2"], q["b"], q["A_2"], q["B_2"], s, zeros)[0]}
+
+
+def _judge_formula(q, want, a):
     if "error" in a:
         return _error(q, a, (7,))
     s = q["alpha"] / q["r"]
@@ -284,44 +308,47 @@ def _judge_formula(q, a):
     if attrs.get("scaling") is None or abs(attrs["scaling"] - s) > 1e-6 * s:
         found.append((7, Finding(f"at {_call(q)}, layer.scaling is {attrs.get('scaling')!r}; expected α/r = {s:.4g}",
                                  "self.scaling = alpha / r")))
-    if gap(a.get("merged"), merge(q["W0"], q["A"], q["B"], s)) > TOLERANCE:
+    if gap(a.get("merged"), want["merged"]) > TOLERANCE:
         found.append((5, Finding(f"at {_call(q)}, merged_weight() is not W0 + (α/r)·BA for the kit's W0, A and B "
                                  "(or a later call overwrote what it returned)",
                                  "return a new tensor: self.base.weight + self.scaling * (self.B @ self.A)")))
-    elif gap(a.get("merged_2"), merge(q["W0_2"], q["A_2"], q["B_2"], s)) > TOLERANCE:
+    elif gap(a.get("merged_2"), want["merged_2"]) > TOLERANCE:
         found.append((5, Finding(f"at {_call(q)}, after W0, A and B change in place, merged_weight() does not follow "
                                  "them: it is cached", "compute W0 + (α/r)·BA from the current tensors on every call")))
-    out, grad_x, grad_A, grad_B = formula(q["x"], q["W0"], q["b"], q["A"], q["B"], s, q["g"])
     if a.get("out_shape") != [*q["lead"], q["out"]]:
         found.append((4, Finding(f"at {where}, the output has shape {a.get('out_shape')}; expected "
                                  f"{[*q['lead'], q['out']]}", "forward maps (..., in) to (..., out)")))
         return found
     if q["train"] and a.get("random"):
         return found  # dropout written by hand: judged in eval mode and by training (see README's threat model)
-    if gap(a.get("out"), out) > TOLERANCE:
+    if gap(a.get("out"), want["out"]) > TOLERANCE:
         found.append((7, Finding(f"at {where}, the output is not x W0ᵀ + b + (α/r)·x Aᵀ Bᵀ for the kit's tensors",
                                  "forward = self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)")))
         return found
-    for name, got, want in (("x", a.get("grad_x"), grad_x), ("A", a.get("grad_A"), grad_A),
-                            ("B", a.get("grad_B"), grad_B)):
-        if got is not None and all(v == 0 for v in _flat(got)) and any(v != 0 for v in _flat(want)):
+    for name in ("x", "A", "B"):
+        got, grad = a.get(f"grad_{name}"), want[f"grad_{name}"]
+        if got is not None and all(v == 0 for v in _flat(got)) and any(v != 0 for v in _flat(grad)):
             found.append((6, Finding(f"at {where}, no gradient reaches {name}",
                                      f"{name} must take part in forward through autograd")))
-        elif gap(got, want) > TOLERANCE:
+        elif gap(got, grad) > TOLERANCE:
             found.append((7, Finding(f"at {where}, the gradient with respect to {name} is not the formula's",
                                      "let autograd differentiate forward")))
-    zeros = [[0.0] * q["out"] for _ in q["x"]]
-    if gap(a.get("no_grad_out"), out) > TOLERANCE:
+    if gap(a.get("no_grad_out"), want["out"]) > TOLERANCE:
         found.append((7, Finding(f"at {where}, under torch.no_grad() the output is not the formula's, or a later "
                                  "call overwrote it", "compute the same thing with or without autograd, and return "
                                                       "a new tensor from every call")))
-    elif gap(a.get("out_2"), formula(q["x"], q["W0_2"], q["b"], q["A_2"], q["B_2"], s, zeros)[0]) > TOLERANCE:
+    elif gap(a.get("out_2"), want["out_2"]) > TOLERANCE:
         found.append((7, Finding(f"at {where}, after W0, A and B change in place, forward does not follow them: it "
                                  "reads a copy or a cache", "read self.base, self.A and self.B at call time")))
     return found
 
 
-def _judge_train(q, a):
+def _expect_train(q):
+    target = _plus_bias(_mm(q["held"], _t(_axpy(1.0, q["delta"], q["W0"]))), q["b"])
+    return {"target": target, "start": _mse(_plus_bias(_mm(q["held"], _t(q["W0"])), q["b"]), target)}
+
+
+def _judge_train(q, want, a):
     if "error" in a:
         return _error(q, a, (3, 9))
     found = []
@@ -340,9 +367,7 @@ def _judge_train(q, a):
         found.append((7, Finding("after training, the layer's output is not the formula's for the A and B it holds",
                                  "forward = self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)")))
         return found
-    target = _plus_bias(_mm(q["held"], _t(_axpy(1.0, q["delta"], q["W0"]))), q["b"])
-    start = _mse(_plus_bias(_mm(q["held"], _t(q["W0"])), q["b"]), target)
-    end = _mse(held, target)
+    start, end = want["start"], _mse(held, want["target"])
     if not end <= 0.25 * start:
         found.append((9, Finding(f"in the kit's own run ({q['steps']} Adam steps on {_call(q)}) the held-out loss "
                                  f"went from {start:.3g} to {end:.3g}, not below a quarter of its start",
@@ -350,4 +375,5 @@ def _judge_train(q, a):
     return found
 
 
+_EXPECT = {"init": _expect_init, "defaults": _expect_defaults, "formula": _expect_formula, "train": _expect_train}
 _JUDGES = {"init": _judge_init, "defaults": _judge_defaults, "formula": _judge_formula, "train": _judge_train}
