@@ -2,8 +2,13 @@
 
 A learner's `LoRALinear` is the kit's, not the learner's, when any class in its MRO (object and nn.Module aside)
   * has a method whose code was compiled from a file in the kit's solution/, tests/ or checks/ (co_filename);
-  * has `forward` and `__init__` whose code-object fingerprints, or whose source hashes, equal those of a kit
-    function of the same name: the kit's code exec'd from its source text, or its code objects relabelled.
+  * has `forward` and `__init__` whose code-object fingerprints, or whose source hashes, equal those of the
+    `forward` and `__init__` of one class of the reference solution (solution/): the solution exec'd from its
+    source text, pasted, or its code objects relabelled.
+Only the solution's classes are compared, and only method with method of the same name, both of one class: the
+plainest correct layer, written from the contract and the hints, has the same code as some of the kit's own test
+layers (and the same `__init__` as the solution), and must not be taken for the kit's. The tests' layers are
+guarded by the filename rule and by the worker's guard, which refuses reading them.
 A fingerprint is SHA-256 over co_code, the names, the constants (nested code objects recursively, sets sorted)
 and the argument counts, not over file names or line numbers; a source hash is SHA-256 over the function's
 syntax tree (`ast.dump`) without its docstring, so comments and layout do not count. `__module__` is not trusted.
@@ -121,46 +126,46 @@ def _code_objects(code: types.CodeType):
 
 
 def file_index(path: Path) -> tuple[dict, dict]:
-    """(qualname -> fingerprint, fingerprint -> qualname) for every function compiled from the file at `path`,
-    and the source hashes of its function definitions mapped to their names."""
+    """(qualname -> fingerprint, qualname -> source hash) for every function compiled from the file at `path`."""
     source = path.read_text(encoding="utf-8")
-    by_name, by_code = {}, {}
+    by_name = {}
     module = compile(source, str(path), "exec", dont_inherit=True)
     for code in _code_objects(module):
-        if code is module:
-            continue
-        qualname = getattr(code, "co_qualname", code.co_name)
-        fp = fingerprint(code)
-        by_name[qualname] = fp
-        by_code.setdefault(fp, qualname)
+        if code is not module:
+            by_name[getattr(code, "co_qualname", code.co_name)] = fingerprint(code)
     sources = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            sources.setdefault(_tree_hash(node), node.name)
-    return by_name, {"codes": by_code, "sources": sources}
+
+    def visit(node, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                sources[prefix + child.name] = _tree_hash(child)
+                visit(child, f"{prefix}{child.name}.<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+    visit(ast.parse(source), "")
+    return by_name, sources
 
 
 class KitIndex:
-    """The fingerprints and source hashes of every function in the kit's solution/, tests/ and checks/."""
+    """Which files are the kit's (solution/, tests/, checks/), and the fingerprints and source hashes of the
+    methods of the reference solution's classes."""
 
     def __init__(self, root):
         self.root = Path(root).resolve()
         self.dirs = tuple(str(self.root / part) + os.sep for part in KIT_PARTS)
-        self.codes: dict[str, str] = {}  # fingerprint -> "file: qualname"
-        self.sources: dict[str, str] = {}
-        for part in KIT_PARTS:
-            for path in sorted((self.root / part).rglob("*.py")):
-                if "__pycache__" in path.parts:
-                    continue
-                try:
-                    _, found = file_index(path)
-                except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-                    continue  # a file being edited right now: the others still count
-                where = path.relative_to(self.root).as_posix()
-                for fp, qualname in found["codes"].items():
-                    self.codes.setdefault(fp, f"{where}: {qualname}")
-                for sh, name in found["sources"].items():
-                    self.sources.setdefault(sh, f"{where}: {name}")
+        self.classes: dict[str, dict] = {}  # "solution/lora.py: LoRALinear" -> {method: (fingerprint, source)}
+        for path in sorted((self.root / "solution").rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            try:
+                codes, sources = file_index(path)
+            except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+                continue  # a file being edited right now: the others still count
+            where = path.relative_to(self.root).as_posix()
+            for qualname, fp in codes.items():
+                owner, _, method = qualname.rpartition(".")
+                if owner and "<locals>" not in qualname:
+                    self.classes.setdefault(f"{where}: {owner}", {})[method] = (fp, sources.get(qualname, ""))
 
     def in_kit(self, filename: str) -> bool:
         try:
@@ -177,19 +182,19 @@ class KitIndex:
                     where = os.path.relpath(os.path.realpath(m["file"]), self.root)
                     return f"{klass['class']}.{m['name']} was compiled from the kit's {where}"
         for klass in described:
-            methods = {m["name"]: m for m in klass.get("methods", [])}
-            if not all(name in methods for name in COMPARED):
-                continue
-            matches = []
-            for name in COMPARED:
-                m = methods[name]
-                match = self.codes.get(m.get("code", "")) or (self.sources.get(m["source"]) if m.get("source") else "")
-                if not match:
-                    break
-                matches.append(match)
-            else:
-                return f"{klass['class']}'s forward and __init__ are the kit's own code ({'; '.join(matches)})"
+            methods = {m.get("name"): m for m in klass.get("methods", []) if isinstance(m, dict)}
+            for kit_class, kit_methods in self.classes.items():
+                if all(name in methods and name in kit_methods and _same(methods[name], kit_methods[name])
+                       for name in COMPARED):
+                    return (f"{klass['class']}'s forward and __init__ are the reference solution's ({kit_class}), "
+                            "exec'd, pasted or relabelled")
         return ""
+
+
+def _same(method: dict, kit: tuple) -> bool:
+    """Whether a described method has the kit method's code fingerprint or source hash."""
+    fp, source = kit
+    return method.get("code") == fp or bool(source and method.get("source") == source)
 
 
 def checks_index(root) -> dict[str, dict]:

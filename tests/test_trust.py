@@ -201,6 +201,22 @@ def test_a_learners_own_correct_layer_is_not_mistaken_for_the_kits(tmp_path):
     assert code == 0, report
 
 
+# The plainest correct layers, written by an outsider from the contract and the hints: each has the same code as
+# some of the kit's own (a test layer's forward, another's __init__, the solution's __init__), and each was once
+# refused as "the kit's code". Only the whole of the solution's forward and __init__ is the kit's.
+PLAIN_LAYERS = {
+    "hint_shaped_forward_and_chained_freeze": 'import torch\nfrom torch import nn\n\n\nclass LoRALinear(nn.Module):\n    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):\n        super().__init__()\n        self.in_features, self.out_features, self.r = in_features, out_features, r\n        self.scaling = alpha / r\n        self.base = nn.Linear(in_features, out_features, bias=bias).requires_grad_(False)\n        self.A = nn.Parameter(torch.randn(r, in_features) / r)\n        self.B = nn.Parameter(torch.zeros(out_features, r))\n\n    def forward(self, x):\n        return self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)\n\n    def merged_weight(self):\n        return self.base.weight + self.scaling * (self.B @ self.A)\n',
+    "the_same_init_as_the_solution": 'import torch\nfrom torch import nn\n\n\nclass LoRALinear(nn.Module):\n    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):\n        super().__init__()\n        self.in_features, self.out_features, self.r = in_features, out_features, r\n        self.scaling = alpha / r\n        self.base = nn.Linear(in_features, out_features, bias=bias)\n        self.base.requires_grad_(False)\n        self.A = nn.Parameter(torch.randn(r, in_features) / r)\n        self.B = nn.Parameter(torch.zeros(out_features, r))\n\n    def forward(self, x):\n        return self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)\n\n    def merged_weight(self):\n        return self.base.weight + self.scaling * (self.B @ self.A)\n',
+    "a_custom_autograd_function": 'import torch\nfrom torch import nn\n\n\nclass _LowRank(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, A, B, s):\n        down = x @ A.T\n        ctx.save_for_backward(x, A, B, down)\n        ctx.s = s\n        return s * (down @ B.T)\n\n    @staticmethod\n    def backward(ctx, g):\n        x, A, B, down = ctx.saved_tensors\n        s = ctx.s\n        gB_ = g @ B  # (..., r)\n        gx = s * (gB_ @ A)\n        gA = s * gB_.reshape(-1, gB_.shape[-1]).T @ x.reshape(-1, x.shape[-1])\n        gB = s * g.reshape(-1, g.shape[-1]).T @ down.reshape(-1, down.shape[-1])\n        return gx, gA, gB, None\n\n\nclass LoRALinear(nn.Module):\n    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):\n        super().__init__()\n        self.in_features, self.out_features, self.r = in_features, out_features, r\n        self.scaling = alpha / r\n        self.base = nn.Linear(in_features, out_features, bias=bias).requires_grad_(False)\n        self.A = nn.Parameter(torch.randn(r, in_features) / r)\n        self.B = nn.Parameter(torch.zeros(out_features, r))\n\n    def forward(self, x):\n        return self.base(x) + _LowRank.apply(x, self.A, self.B, self.scaling)\n\n    def merged_weight(self):\n        with torch.no_grad():\n            return self.base.weight + self.scaling * (self.B @ self.A)\n',
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_LAYERS))
+def test_the_plainest_correct_layer_is_the_learners_not_the_kits(tmp_path, case):
+    code, report, _ = verdict(write(tmp_path, PLAIN_LAYERS[case]))
+    assert code == 0, report
+
+
 def notebook_with(tmp_path: Path, stub_source: str, name="learner.ipynb", extra_cells=()) -> Path:
     nb = nbformat.read(ROOT / "lora_mock.ipynb", as_version=4)
     stub = next(c for c in nb.cells if "lora-stub" in c.metadata.get("tags", []))
