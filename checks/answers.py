@@ -15,8 +15,10 @@ from torch.nn import functional as F
 from checks.oracle import NoDropout
 from checks.probe import Adam, Mistake, build, describe, forward, make, parts
 from checks.runner import one_thread
+from checks.verdict import cut
 
 _tensor, _no_grad = torch.tensor, torch.no_grad
+RANDOM_DRAWS = 512  # calls averaged for a forward that is random in train mode
 
 
 def _rows(t: torch.Tensor) -> list:
@@ -48,8 +50,9 @@ def _laid_out(x: torch.Tensor, contiguous: bool) -> torch.Tensor:
 
 def _init(cls, q) -> dict:
     As, Bs = [], []
-    for seed in q["seeds"]:
-        torch.manual_seed(seed)
+    for seed in [*q["seeds"], None]:  # the last: a second layer right after the third, as a model builds many
+        if seed is not None:
+            torch.manual_seed(seed)
         p = parts(make(cls, q["in"], q["out"], r=q["r"], alpha=q["alpha"], bias=q["bias"]))
         As.append(p.A.detach().double().tolist())
         Bs.append(p.B.detach().double().tolist())
@@ -109,12 +112,15 @@ def _formula(cls, q) -> dict:
     if list(out.shape) != [*lead, n_out]:
         return answer
     answer["out"] = _rows(out)
-    if q["train"]:
-        with _no_grad(), NoDropout():  # many numbers per call: dropout at p = 0.01 shows within a few calls
+    if q["train"]:  # with autograd on, as in training: a layer may be random only then
+        with NoDropout():  # many numbers per call: dropout at p = 0.01 shows within a few calls
             probe = torch.ones(64, n_in)
-            first = forward(layer, probe)
-            answer["random"] = any(not torch.allclose(forward(layer, probe), first, rtol=1e-5, atol=1e-6)
+            first = forward(layer, probe).detach()
+            answer["random"] = any(not torch.allclose(forward(layer, probe).detach(), first, rtol=1e-5, atol=1e-6)
                                    for _ in range(32))
+            if answer["random"]:  # dropout written by hand: right on average, or not
+                draws = torch.stack([forward(layer, x.detach()).detach().double() for _ in range(RANDOM_DRAWS)])
+                answer["mean"] = _rows(draws.mean(0))
     p = parts(layer)
     before = {"A": p.A.detach().clone(), "B": p.B.detach().clone()}
     if out.requires_grad:
@@ -176,6 +182,6 @@ def answer(cls, question: dict) -> dict:
         try:
             return _ANSWER[question["kind"]](cls, question)
         except Mistake as exc:
-            return {"error": exc.message}
+            return {"error": cut(exc.message)}
         except (Exception, SystemExit) as exc:  # learner code failing where nothing foresaw it
-            return {"error": describe(exc)}
+            return {"error": cut(describe(exc))}

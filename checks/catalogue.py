@@ -311,6 +311,14 @@ def mistakes(base: type) -> list[Entry]:
             with torch.no_grad():
                 self.A.copy_(torch.eye(*self.A.shape))
 
+    @entry(8, "A drawn from a private generator seeded from torch.initial_seed(): every layer gets the same A")
+    class ASharedAcrossLayers(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            own = torch.Generator().manual_seed(torch.initial_seed())
+            with torch.no_grad():
+                self.A.copy_(torch.randn(self.A.shape, generator=own) / self.A.shape[0])
+
     # --- check 10: the dense ΔW ------------------------------------------------------------------------------
     @entry(10, "forward builds the dense (out, in) ΔW = B·A")
     class DenseDeltaInForward(base):

@@ -3,11 +3,14 @@
 Learner code runs in the process that checks it, so Python's introspection is open to it. A Python audit hook
 (PEP 578), which cannot be removed once added, refuses and records what a layer never needs and a forged verdict
 does: searching the process's memory (gc.get_objects and its kin, ctypes), rewriting the code of the kit's
-functions, and importing or reading the kit's reference solution or tests. A refused operation raises
-PermissionError where it was attempted, and the worker reports every refusal; the parent fails the file.
+functions, and importing or reading the kit's reference solution, its tests, or its judge (checks/judge.py, which
+works out what a correct layer answers the parent's questions and which the worker never needs). A refused
+operation raises PermissionError where it was attempted, and the worker reports every refusal; the parent fails
+the file.
 
-What it does not stop, README.md's threat model says: a layer that behaves only while it sees the checks, and
-frame walking (inspect.currentframe().f_back...) to the worker's own variables.
+What it does not stop, README.md's threat model says: a layer that behaves only while it sees the checks, frame
+walking (inspect.currentframe().f_back...) to the worker's own variables, and a child process (which has no
+guard: under bwrap it finds neither solution/, tests/ nor the judge).
 """
 from __future__ import annotations
 
@@ -17,12 +20,29 @@ import sys
 
 _MEMORY = ("gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames")
 _HIDDEN = ("solution", "tests")  # top-level packages of the kit that a learner's code has no business loading
+_HIDDEN_MODULES = ("checks.judge",)  # and modules of checks/ that the worker never loads
+
+
+def hidden_files(kit_root: str) -> list[str]:
+    """The files of the hidden modules of checks/, sources and compiled, as they are on disk now."""
+    checks_dir = os.path.join(os.path.realpath(kit_root), "checks")
+    found = []
+    for module in _HIDDEN_MODULES:
+        stem = module.rpartition(".")[2]
+        found.append(os.path.join(checks_dir, stem + ".py"))
+        cache = os.path.join(checks_dir, "__pycache__")
+        if os.path.isdir(cache):
+            found += sorted(os.path.join(cache, n) for n in os.listdir(cache) if n.startswith(stem + "."))
+    return found
 
 
 class Guard:
     def __init__(self, kit_root: str, learner_file: str):
         root = os.path.realpath(kit_root)
         self.hidden_dirs = tuple(os.path.join(root, d) + os.sep for d in _HIDDEN)
+        self.hidden_stems = tuple(os.path.join(root, "checks", m.rpartition(".")[2]) + "." for m in _HIDDEN_MODULES)
+        self.hidden_stems += tuple(os.path.join(root, "checks", "__pycache__", m.rpartition(".")[2]) + "."
+                                   for m in _HIDDEN_MODULES)
         self.learner_file = os.path.realpath(learner_file)
         self.refused: list[str] = []
         self.kit_io = False  # set while the kit itself reads sources (provenance), never while learner code runs
@@ -45,10 +65,11 @@ class Guard:
             return ""
         if event == "import" and args and isinstance(args[0], str):
             top = args[0].split(".")[0]
-            return f"importing {args[0]!r}, the kit's own code" if top in _HIDDEN else ""
+            hidden = top in _HIDDEN or any(args[0] == m or args[0].startswith(m + ".") for m in _HIDDEN_MODULES)
+            return f"importing {args[0]!r}, the kit's own code" if hidden else ""
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)) and not self.kit_io:
             path = os.path.realpath(os.fsdecode(args[0]))
-            if path != self.learner_file and path.startswith(self.hidden_dirs):
+            if path != self.learner_file and (path.startswith(self.hidden_dirs) or path.startswith(self.hidden_stems)):
                 return f"reading {path}, the kit's own code"
         return ""
 

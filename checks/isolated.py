@@ -252,7 +252,7 @@ def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, chec
                     f"the file reached into the checking process while it ran ({'; '.join(refused[:3])}), so its "
                     "results cannot be trusted",
                     "a layer needs none of this: remove code that searches memory (gc, ctypes), rewrites the kit's "
-                    "functions, or imports or reads the kit's solution/ and tests/")
+                    "functions, or imports or reads the kit's solution/, tests/ or judge")
                 return v
             if changed:
                 v.results, v.error = [], Finding(
@@ -277,7 +277,12 @@ def judged(v: Verdict, exam: Exam, answers: list) -> Verdict:
         v.results, v.error = [], Finding(NOT_AUTHENTIC.format(f"it answered {len(answers)} of the kit's "
                                                               f"{len(exam.questions)} questions"), "")
         return v
-    found = exam.judge(answers)
+    try:
+        found = exam.judge(answers)
+    except Exception as exc:  # noqa: BLE001  the worker's own answering code sends nothing this side cannot read
+        v.results, v.error = [], Finding(NOT_AUTHENTIC.format(f"an answer could not be read: {type(exc).__name__}"),
+                                         "")
+        return v
     for i, r in enumerate(v.results):
         f = found.get(r.id)
         if f and r.passed:

@@ -123,6 +123,9 @@ class NoDropout(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in self._DROPOUTS:
             return args[0] if args else kwargs["input"]
+        if func is torch.native_dropout:  # (output, mask): everything kept
+            kept = args[0] if args else kwargs["input"]
+            return kept, torch.ones_like(kept, dtype=torch.bool)
         return func(*args, **kwargs)
 
 

@@ -1,7 +1,9 @@
 """Containment for `grade`: bubblewrap around each submission's worker, and a clean end to every process.
 
 With bwrap (Linux; a Debian package, unprivileged where user namespaces are allowed), a submission's worker sees:
-  * read-only: the system's /usr and /etc, this Python (its prefixes and site-packages), and the kit's checks/;
+  * read-only: the system's /usr and /etc, this Python (its prefixes and site-packages), and the kit's checks/
+    but its judge (checks/judge.py and its compiled forms, which the worker never loads, are /dev/null there,
+    which cannot even be opened);
   * its own empty, writable /tmp and working folder, holding only a read-only copy of its own file;
   * nothing else: not the original submissions, not the other submissions, not the reports, not the kit's
     solution/ or tests/; no network (`--unshare-all`); its own PID namespace, so it cannot signal the grader or
@@ -20,6 +22,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from checks import guard
 
 SANDBOXES = ("auto", "bwrap", "none")
 WORKDIR = "/submission"  # where a submission's copy sits inside the sandbox
@@ -51,8 +55,11 @@ def bwrap_prefix(kit_root: str, file_copy: Path) -> list[str]:
         if not d.startswith(("/usr/", "/etc/")):
             args += ["--ro-bind", d, d]
     checks_dir = os.path.join(kit_root, "checks")
-    args += ["--ro-bind", checks_dir, checks_dir,
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", WORKDIR,
+    args += ["--ro-bind", checks_dir, checks_dir]
+    for hidden in guard.hidden_files(kit_root):
+        if os.path.exists(hidden):
+            args += ["--ro-bind", "/dev/null", hidden]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", WORKDIR,
              "--ro-bind", str(file_copy), f"{WORKDIR}/{file_copy.name}",
              "--chdir", WORKDIR, "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"]
     return args

@@ -253,7 +253,7 @@ def shapes(cls) -> str:
     problems = []
     if tuple(p.A.shape) != (4, 12) or getattr(default, "r", None) != 4:
         problems.append(f"r is {getattr(default, 'r', tuple(p.A.shape)[0])!r}, not 4")
-    if s is None or abs(s - 2.0) > 1e-6:
+    if s is None or not abs(s - 2.0) <= 1e-6:  # written so that a NaN fails
         problems.append(f"scaling is {getattr(default, 'scaling', None)!r}, not α/r = 8/4 = 2")
     if p.base.bias is None:
         problems.append("base has no bias, though bias=True is the default")
@@ -590,7 +590,7 @@ def formula_matches(cls) -> str:
     for config in drawn[:6]:
         layer = config.build(cls)
         s = _scaling_value(layer)
-        if s is None or abs(s - config.scaling) > 1e-6 * config.scaling:
+        if s is None or not abs(s - config.scaling) <= 1e-6 * config.scaling:  # a NaN fails too
             raise Mistake(f"layer.scaling is {getattr(layer, 'scaling', None)!r} for r={config.r}, "
                           f"alpha={config.alpha}; expected α/r = {config.scaling:.4g}",
                           "self.scaling = alpha / r (true division: r need not divide α)")
@@ -639,8 +639,9 @@ def paper_init(cls) -> str:
                       "initialise A at random, e.g. torch.randn(r, in_features) / r, or nn.init.normal_(self.A) "
                       "after torch.empty")
     layers = []
-    for seed in (1, 2, 1):
-        torch.manual_seed(seed)
+    for seed in (1, 2, 1, None):  # the last: a second layer right after the third, without reseeding
+        if seed is not None:
+            torch.manual_seed(seed)
         layers.append(parts(make(cls, 16, 12, r=4, alpha=8)))
     p = layers[0]
     if _max_abs(p.B) != 0:
@@ -669,8 +670,12 @@ def paper_init(cls) -> str:
                       "torch's generator (uninitialised memory from torch.empty? another library's generator?), so "
                       "no run of this layer can be reproduced",
                       "draw A with torch: torch.randn(r, in_features) / r, or nn.init on a tensor you made")
-    return ("B == 0 and A random (fresh layers differ, the same seed gives the same A), so ΔW = 0 at step 0 but "
-            "gradients can flow")
+    if _equal(layers[2].A.detach(), layers[3].A.detach()):
+        raise Mistake("two layers built one after the other start with the same A (A is drawn from a generator "
+                      "of its own, seeded the same way each time): every adapter in a model would start alike",
+                      "draw A from torch's global generator in __init__: torch.randn(r, in_features) / r")
+    return ("B == 0 and A random (fresh layers differ, the same seed gives the same A, the next layer another), so "
+            "ΔW = 0 at step 0 but gradients can flow")
 
 
 # ----------------------------------------------------------------------------------------------------- check 9

@@ -11,6 +11,13 @@ from dataclasses import asdict, dataclass, field
 from checks.report import Result
 
 PASSED, FAILED, UNUSABLE = 0, 1, 2  # exit codes of `python -m checks FILE`
+LIMIT = 2000  # characters kept of any one message or hint from a worker
+
+
+def cut(text) -> str:
+    """`text` as a string of at most LIMIT characters."""
+    text = str(text)
+    return text if len(text) <= LIMIT else text[:LIMIT - 1] + "…"
 INTERRUPTED = 130  # Ctrl-C
 
 

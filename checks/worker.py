@@ -24,12 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-LIMIT = 2000  # characters kept of any one message or hint
-
-
-def _cut(text) -> str:
-    text = str(text)
-    return text if len(text) <= LIMIT else text[:LIMIT - 1] + "…"
+from checks.verdict import cut
 
 
 def main(argv) -> None:
@@ -79,27 +74,27 @@ def main(argv) -> None:
         cls, stopped = load(path, before_cell=lambda c: send("cell", number=c.number, line=c.first_line))
     except LoadError as exc:
         traceback.print_exception(exc.__cause__ or exc)  # stderr: shown only with --verbose
-        send("load_error", message=_cut(exc.finding.message), hint=_cut(exc.finding.hint))
+        send("load_error", message=cut(exc.finding.message), hint=cut(exc.finding.hint))
         after_and_end()
         return
     with watch.reading_sources():
         described = describe_class(cls, skip=(torch.nn.Module,))
     send("loaded", classes=described,
-         stopped=[_cut(stopped.message), _cut(stopped.hint)] if stopped else None)
+         stopped=[cut(stopped.message), cut(stopped.hint)] if stopped else None)
     try:
         for result in iter_results(cls, registry, on_start=lambda n, name: send("start", id=n, name=name)):
-            send("result", id=result.id, name=result.name, passed=bool(result.passed), message=_cut(result.message),
-                 hint=_cut(result.hint))
+            send("result", id=result.id, name=result.name, passed=bool(result.passed), message=cut(result.message),
+                 hint=cut(result.hint))
         for n, question in enumerate(questions):  # what the layer does on the trusted side's own inputs
             send("answer", n=n, answer=answer(cls, question))
     except Unusable as exc:
         traceback.print_exception(exc.__cause__ or exc)
-        send("unusable", message=_cut(exc.message), hint=_cut(exc.hint))
+        send("unusable", message=cut(exc.message), hint=cut(exc.hint))
     except SystemExit as exc:
         send("unusable", message=f"building LoRALinear(8, 6) and running one forward called sys.exit({exc.code!r})",
              hint="remove calls that end the process (sys.exit, exit()) from the layer")
     except Exception as exc:  # a learner error where no check foresaw one, outside any check
-        send("unusable", message=_cut(f"LoRALinear raised {describe(exc)}"), hint="run your layer once by hand")
+        send("unusable", message=cut(f"LoRALinear raised {describe(exc)}"), hint="run your layer once by hand")
     after_and_end()
 
 

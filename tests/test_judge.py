@@ -19,7 +19,7 @@ from checks.answers import answer
 from checks.catalogue import mistakes, variants
 from checks.oracle import formula as oracle_formula
 from solution import LoRALinear
-from tests import correct_layers, outsider_layers, outsider_layers_2
+from tests import correct_layers, outsider_layers, outsider_layers_2, outsider_layers_3
 
 SEEDS = (11, 12)  # fixed exams, so that what the judge sees is the same on every run
 EXAMS = {seed: judge.Exam.draw(seed=seed) for seed in SEEDS}
@@ -81,7 +81,8 @@ def test_an_exam_is_new_on_every_run_and_its_numbers_are_exact_in_float32():
 
 CORRECT = {"solution": LoRALinear, **{v.name: v.cls for v in variants(LoRALinear)},
            **{c.__name__: c for c in correct_layers.CORRECT},
-           **{n: c for n, (c, *_) in {**outsider_layers.CORRECT, **outsider_layers_2.CORRECT}.items()}}
+           **{n: c for n, (c, *_) in {**outsider_layers.CORRECT, **outsider_layers_2.CORRECT,
+                                         **outsider_layers_3.CORRECT}.items()}}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -112,7 +113,8 @@ BLIND = {
     "AlphaZeroMeansDefault": "outside the contract (α = 0)", "RandInitA": "outside the contract (uniform A)",
 }
 WRONG = {**{m.name: m.cls for m in mistakes(LoRALinear)},
-         **{n: c for n, (c, *_) in {**outsider_layers.WRONG, **outsider_layers_2.WRONG}.items()}}
+         **{n: c for n, (c, *_) in {**outsider_layers.WRONG, **outsider_layers_2.WRONG,
+                                         **outsider_layers_3.WRONG}.items()}}
 
 
 @pytest.mark.parametrize("name", sorted(WRONG))
@@ -150,3 +152,57 @@ def test_a_missing_or_garbled_answer_is_judged_a_failure():
     assert exam.judge(right[:-1])  # one question left unanswered
     for garbled in ({}, {"error": "boom"}, "not a dict", None):
         assert exam.judge([garbled] + right[1:]), garbled
+
+
+# Answers doctored the way an outsider's forgeries doctored them (round three, tests/outsider_layers_3.py): each
+# starts from the solution's true answers and changes one thing a forger controls. Each must be judged wrong.
+def _doctor(kind: str, change) -> dict:
+    exam = EXAMS[SEEDS[0]]
+    answers = [answer(LoRALinear, q) for q in exam.questions]
+    for q, a in zip(exam.questions, answers):
+        if q["kind"] == kind and (kind != "formula" or (q["train"] and q["x"])):
+            change(q, a)
+            break
+    return exam.judge(answers)
+
+
+def _teacher_output(q):
+    return [[v + b for v, b in zip(row, q["b"])] for row in judge._mm(q["held"], judge._t(judge._axpy(1.0, q["delta"],
+                                                                                                      q["W0"])))]
+
+
+DOCTORED = {
+    # after training, A made NaN and the held-out output set to the teacher's: no layer could give both
+    "train_A_nan_and_the_teachers_output": ("train", lambda q, a: a.update(
+        A=[[math.nan] * q["in"] for _ in range(q["r"])], held_out=_teacher_output(q))),
+    "scaling_nan": ("formula", lambda q, a: a["attrs"].update(scaling=math.nan)),
+    "scaling_a_string": ("formula", lambda q, a: a["attrs"].update(scaling=str(a["attrs"]["scaling"]))),
+    "attrs_a_list": ("formula", lambda q, a: a.update(attrs=list(a["attrs"].values()))),
+    "a_huge_int_in_the_merge": ("formula", lambda q, a: a["merged"][0].__setitem__(0, 10 ** 400)),
+    "ints_for_floats": ("formula", lambda q, a: a.update(out=[[round(v) for v in row] for row in a["out"]])),
+    "claimed_random_with_no_mean": ("formula", lambda q, a: a.update(random=True, out="junk")),
+    "claimed_random_with_a_wrong_mean": ("formula", lambda q, a: a.update(
+        random=True, mean=[[2 * v for v in row] for row in a["out"]])),
+    "init_B_nan": ("init", lambda q, a: a["B"][0][0].__setitem__(0, math.nan)),
+    "init_the_same_A_for_the_next_layer": ("init", lambda q, a: a["A"].__setitem__(3, a["A"][2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DOCTORED))
+def test_a_doctored_answer_is_judged_wrong_never_a_crash(case):
+    kind, change = DOCTORED[case]
+    assert _doctor(kind, change), case
+
+
+def test_an_answer_the_judge_cannot_read_is_not_authentic():
+    from checks.isolated import judged
+    from checks.report import Result
+    from checks.verdict import Verdict
+
+    class Unreadable(judge.Exam):
+        def judge(self, answers):
+            raise TypeError("boom")
+
+    v = judged(Verdict("x", results=[Result(1, "one", True, "ok")]), Unreadable(EXAMS[SEEDS[0]].questions),
+               [{}] * len(EXAMS[SEEDS[0]].questions))
+    assert not v.passed and "not authentic" in v.error.message and not v.results

@@ -470,6 +470,26 @@ except OSError:
     assert item["passed"], item
 
 
+@needs_bwrap
+def test_a_child_process_in_the_sandbox_finds_neither_the_solution_nor_the_judge(tmp_path):
+    """A child process has no guard; in the sandbox it still cannot run the solution or the parent's judge on the
+    parent's questions (an outsider's replay forgery passed this way without bwrap, round three)."""
+    probe = CORRECT + f"""
+import subprocess, sys
+def child(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+kit = {str(ROOT)!r}
+assert child(f"import sys; sys.path.insert(0, {{kit!r}}); import solution").returncode != 0, "imported the solution"
+assert child(f"import sys; sys.path.insert(0, {{kit!r}}); from checks.judge import Exam").returncode != 0, \
+    "imported the judge"
+read = child(f"print(len(open({{kit!r}} + '/checks/judge.py').read()))")
+assert read.returncode != 0 or read.stdout.strip() == "0", "a child process read the judge's source"
+"""
+    done = grade(write(tmp_path, probe, "a_probe.py"), "--json", "--sandbox", "bwrap")
+    item = json.loads(done.stdout)[0]
+    assert item["passed"], item
+
+
 # --------------------------------------------------------------------------------------- an outsider's forgeries
 # Written by a reviewer who had not seen this file, against the signed channel and the tamper check: each is the
 # broken layer B_RANDOM plus the lines below. The guard (checks/guard.py) refuses what each needs.
@@ -482,6 +502,17 @@ OUTSIDER_FORGES = {
     'solution_source_read_and_renamed': '\nimport os, checks\n_src = open(os.path.join(os.path.dirname(os.path.dirname(checks.__file__)), "solution", "lora.py")).read()\nexec(compile(_src.replace("rows", "rows_").replace("self.in_features, self.out_features, self.r = ", "self.r, self.in_features, self.out_features = ").replace("= in_features, out_features, r", "= r, in_features, out_features"), __file__, "exec"))\n',
     'writer_code_swapped': '\nimport checks.channel as _c\ndef send(self, kind, **fields):\n    if kind == "result":\n        fields.update(passed=True, message="ok", hint="")\n    if kind == "after":\n        fields["changed"] = []\n    body = json.dumps({"seq": self._seq, "kind": kind, **fields}, ensure_ascii=True).encode()\n    mac = self._mac.copy()\n    mac.update(body)\n    data = mac.hexdigest().encode() + b" " + body + b"\\n"\n    while data:\n        data = data[os.write(self._fd, data):]\n    self._seq += 1\n_c.Writer.send.__code__ = send.__code__\n',
 }
+
+
+# Round three: the parent's judge imported in the worker works out exactly what the parent expects, and so answers
+# every question without a line of LoRA (an outsider's forgery passed 11 of 11 this way, under bwrap too).
+OUTSIDER_FORGES["judge_imported_for_its_answers"] = (
+    "\nimport checks.judge as _j\n_key = _j.Exam([]).prepare\n")
+OUTSIDER_FORGES["judge_source_read"] = (
+    "\nimport os, checks\n_src = open(os.path.join(os.path.dirname(checks.__file__), 'judge.py')).read()\n")
+OUTSIDER_FORGES["judge_bytecode_read"] = (
+    "\nimport glob, os, checks\nfor _p in glob.glob(os.path.join(os.path.dirname(checks.__file__), '__pycache__', "
+    "'judge.*')):\n    open(_p, 'rb').read()\n")
 
 
 @pytest.mark.parametrize("case", sorted(OUTSIDER_FORGES))
