@@ -76,8 +76,8 @@ class Reader:
             return
         try:
             message = json.loads(body)
-        except ValueError:
-            self.broken = "a signed message was not JSON"
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+            self.broken = "a signed message was not JSON this side can read"
             return
         if not isinstance(message, dict) or message.get("seq") != len(self.messages):
             self.broken = "a message arrived out of sequence"

@@ -185,7 +185,18 @@ NOT_AUTHENTIC = ("the check process's report is not authentic ({}): code in the 
 def interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, checks_index=None,
               exam: Exam | None = None) -> Verdict:
     """What the worker's messages, and how it ended, say about the file; with `exam`, checks 1–9 are judged here,
-    from the layer's answers to the exam's questions (checks/judge.py), whatever the worker's checks said."""
+    from the layer's answers to the exam's questions (checks/judge.py), whatever the worker's checks said.
+
+    The messages are signed, but learner code can sign too: a message whose fields are not what the worker sends
+    (a number where a list belongs, nesting too deep) makes the report not authentic, never a traceback here."""
+    try:
+        return _interpret(reader, code, stop, timeout, kit, checks_index, exam)
+    except Exception as exc:  # noqa: BLE001  only learner code can put such fields on the channel
+        return Verdict("", error=Finding(NOT_AUTHENTIC.format(f"a message's fields could not be read: "
+                                                              f"{type(exc).__name__}"), ""))
+
+
+def _interpret(reader: channel.Reader, code, stop: str, timeout: float, kit, checks_index, exam) -> Verdict:
     from checks.provenance import registry_problem
 
     v = Verdict("")

@@ -1,10 +1,13 @@
-"""Layers written from scratch by two reviewers who had not seen the catalogue (tests/outsider_layers.py and
-tests/outsider_layers_2.py, the second written against the checks the first one's findings had improved).
+"""Layers written from scratch by reviewers who had not seen the catalogue (tests/outsider_layers.py,
+tests/outsider_layers_2.py and tests/outsider_layers_3.py, each written against the checks the previous one's
+findings had improved; the third against the trusted judge too).
 
 Each wrong layer must fail first on the check named here, with a message that names its real cause; each correct
 layer must pass every check. Against the checks as they stood when each reviewer started: round one, 11 of 21
 wrong layers passed every check, 8 got a misleading message and 3 correct layers failed; round two, 14 of 19 wrong
-layers passed, 3 got a misleading message and one correct layer failed (hand-written dropout at p = 0.01, by luck).
+layers passed, 3 got a misleading message and one correct layer failed (hand-written dropout at p = 0.01, by luck);
+round three, 2 wrong layers passed (the same A for every layer, layer.scaling = NaN) and the judge failed one
+correct layer (dropout random only with autograd on).
 """
 import pytest
 

@@ -585,6 +585,34 @@ JUDGED_FORGES = {
 }
 
 
+# Round four: signed messages whose fields the parent could not read once crashed it with a traceback.
+_SIGNED = """
+import inspect, json, os
+_f = inspect.currentframe()
+while _f is not None and "send" not in _f.f_locals:
+    _f = _f.f_back
+_w = _f.f_locals["send"].__self__
+_body = (BODY).encode()
+_mac = _w._mac.copy()
+_mac.update(_body)
+os.write(_w._fd, _mac.hexdigest().encode() + b" " + _body + b"\\n")
+_w._seq += 1
+"""
+MALFORMED = {
+    "nested_200000_lists_deep": _SIGNED.replace(
+        "BODY", '\'{"seq": %d, "kind": "cell", "number": 1, "line": %s}\' % (_w._seq, "[" * 200000 + "]" * 200000)'),
+    "loaded_with_a_number_for_a_class": _SIGNED.replace(
+        "BODY", 'json.dumps({"seq": _w._seq, "kind": "loaded", "classes": [1], "stopped": None})'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_signed_message_with_unreadable_fields_is_not_authentic_never_a_traceback(tmp_path, case):
+    code, report, stderr = verdict(write(tmp_path, B_RANDOM + MALFORMED[case]))
+    assert_not_passed(code, report, "not authentic")
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("case", sorted(JUDGED_FORGES))
 def test_a_signed_forged_report_fails_because_the_parent_judges_the_answers(tmp_path, case):
     code, report, _ = verdict(write(tmp_path, B_RANDOM + JUDGED_FORGES[case]))
