@@ -8,6 +8,9 @@ and B may be parameters or views of parameters (a transpose, a slice of one pack
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import sysconfig
 
 import torch
 from torch.nn import functional as F
@@ -175,13 +178,64 @@ def _train(cls, q) -> dict:
 _ANSWER = {"init": _init, "defaults": _defaults, "formula": _formula, "train": _train}
 
 
-def answer(cls, question: dict) -> dict:
-    """What the layer does on one question; {"error": ...} when it raises."""
-    with one_thread(), torch.random.fork_rng(devices=[]):
+class KitCalls:
+    """A profile function (sys.setprofile) that notes every function of the kit's checks/ that runs inside the
+    layer: entered while one of the layer's own frames (neither the kit's, torch's nor the standard library's) is
+    on the stack above where answering began. A layer that hands its work to the kit's own formula
+    (checks.oracle.formula, the lab's forward, sanity's merge) is the kit's code, however its class was written.
+    The kit's TorchFunctionModes (dropout off) run inside every forward by design and are left out. Threads the
+    layer starts are not followed."""
+
+    _LIBRARY = tuple({os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.__file__) + os.sep,
+                      sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep})
+
+    def __init__(self):
+        self.kit = os.path.dirname(__file__) + os.sep
+        self.found: list[str] = []
+        self.start = None
+
+    def __call__(self, frame, event, arg):
+        if event != "call":
+            return
+        code = frame.f_code
+        if not code.co_filename.startswith(self.kit) or code.co_name == "__torch_function__":
+            return
+        f = frame.f_back
+        while f is not None and f is not self.start:
+            name = f.f_code.co_filename
+            if not (name.startswith(self.kit) or name.startswith(self._LIBRARY) or name.startswith("<frozen")):
+                what = f"checks/{os.path.basename(code.co_filename)}: {getattr(code, 'co_qualname', code.co_name)}"
+                if what not in self.found:
+                    self.found.append(what)
+                return
+            f = f.f_back
+
+    @contextlib.contextmanager
+    def watching(self, guard=None):
+        """Profile this thread while the body runs; `guard` (checks/guard.py) lets the kit set it and no one else."""
+        allowed = guard.setting_hooks if guard is not None else contextlib.nullcontext
+        self.start = sys._getframe(2)  # the caller of `with watching()`: frames below it are not the layer's
+        with allowed():
+            sys.setprofile(self)
+        try:
+            yield self
+        finally:
+            with allowed():
+                sys.setprofile(None)
+
+
+def answer(cls, question: dict, guard=None) -> dict:
+    """What the layer does on one question; {"error": ...} when it raises; "kit_code" lists the kit's functions
+    that ran inside the layer (KitCalls)."""
+    calls = KitCalls()
+    with one_thread(), torch.random.fork_rng(devices=[]), calls.watching(guard):
         torch.manual_seed(0)
         try:
-            return _ANSWER[question["kind"]](cls, question)
+            found = _ANSWER[question["kind"]](cls, question)
         except Mistake as exc:
-            return {"error": cut(exc.message)}
+            found = {"error": cut(exc.message)}
         except (Exception, SystemExit) as exc:  # learner code failing where nothing foresaw it
-            return {"error": cut(describe(exc))}
+            found = {"error": cut(describe(exc))}
+    if calls.found:
+        found["kit_code"] = calls.found[:5]
+    return found

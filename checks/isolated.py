@@ -288,6 +288,14 @@ def judged(v: Verdict, exam: Exam, answers: list) -> Verdict:
         v.results, v.error = [], Finding(NOT_AUTHENTIC.format(f"it answered {len(answers)} of the kit's "
                                                               f"{len(exam.questions)} questions"), "")
         return v
+    ran = [str(f) for a in answers if isinstance(a, dict) and isinstance(a.get("kit_code"), list)
+           for f in a["kit_code"]]
+    if ran:
+        v.results, v.error = [], Finding(
+            f"LoRALinear is the kit's code, not the learner's: answering the kit's questions, it ran the kit's own "
+            f"{', '.join(dict.fromkeys(ran[:3]))}",
+            "write the layer yourself; do not call the kit's checks/ functions from your layer")
+        return v
     try:
         found = exam.judge(answers)
     except Exception as exc:  # noqa: BLE001  the worker's own answering code sends nothing this side cannot read

@@ -86,7 +86,7 @@ def main(argv) -> None:
             send("result", id=result.id, name=result.name, passed=bool(result.passed), message=cut(result.message),
                  hint=cut(result.hint))
         for n, question in enumerate(questions):  # what the layer does on the trusted side's own inputs
-            send("answer", n=n, answer=answer(cls, question))
+            send("answer", n=n, answer=answer(cls, question, guard=watch))
     except Unusable as exc:
         traceback.print_exception(exc.__cause__ or exc)
         send("unusable", message=cut(exc.message), hint=cut(exc.hint))

@@ -91,6 +91,40 @@ def test_a_correct_layer_answers_every_question_right(name, seed):
     assert findings(CORRECT[name], seed) == {}
 
 
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_no_correct_layer_is_seen_running_the_kits_code(name):
+    """Correct layers use torch, the standard library and their own code: none runs a function of checks/ (the
+    kit's TorchFunctionModes, which run inside every forward by design, aside)."""
+    exam = EXAMS[SEEDS[1]]
+    assert not [a["kit_code"] for a in (answer(CORRECT[name], q) for q in exam.questions) if "kit_code" in a]
+
+
+class HandsItToTheKit(torch.nn.Module):
+    """Round four: a layer with no LoRA arithmetic of its own; the kit's oracle computes its output."""
+
+    def __init__(self, in_features, out_features, r=4, alpha=8, bias=True):
+        super().__init__()
+        self.in_features, self.out_features, self.r, self.scaling = in_features, out_features, r, alpha / r
+        self.base = torch.nn.Linear(in_features, out_features, bias=bias).requires_grad_(False)
+        self.A = torch.nn.Parameter(torch.randn(r, in_features) / r)
+        self.B = torch.nn.Parameter(torch.zeros(out_features, r))
+
+    def forward(self, x):
+        from checks import oracle
+        zeros = torch.zeros(*x.shape[:-1], self.out_features)
+        return oracle.formula(x, self.base.weight, self.base.bias, self.A, self.B, self.scaling, zeros).out.float()
+
+    def merged_weight(self):
+        from checks import sanity
+        return sanity._expected_merge(sanity.parts(self), self.scaling)[0].float()
+
+
+def test_a_layer_that_hands_its_work_to_the_kit_is_seen_doing_it():
+    kinds = {q["kind"]: answer(HandsItToTheKit, q) for q in EXAMS[SEEDS[0]].questions}
+    assert "checks/oracle.py: formula" in kinds["formula"]["kit_code"], kinds["formula"]
+    assert any("sanity.py: _expected_merge" in f for f in kinds["formula"]["kit_code"])
+
+
 # What the judge cannot see from answers, and why: only the worker's checks find these.
 DENSE = "how forward computes (a dense ΔW, check 10) is watched only in the worker"
 BLIND = {

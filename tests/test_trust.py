@@ -196,6 +196,33 @@ def test_the_kits_code_is_not_the_learners(tmp_path, case):
         assert "kit" in report.get("error", ""), report
 
 
+# Round four: layers with no LoRA arithmetic of their own, whose forward and merge are the kit's own functions.
+DELEGATES = {
+    "forward_is_the_oracles_formula": CORRECT.replace(
+        "        down = x @ self.A.T\n        return self.base(x) + self.scaling * (down @ self.B.T)",
+        "        from checks import oracle\n"
+        "        zeros = torch.zeros(*x.shape[:-1], self.out_features)\n"
+        "        return oracle.formula(x, self.base.weight, self.base.bias, self.A, self.B, self.scaling, zeros)"
+        ".out.float()"),
+    "forward_is_the_labs_serve_mixed": CORRECT.replace(
+        "        down = x @ self.A.T\n        return self.base(x) + self.scaling * (down @ self.B.T)",
+        "        from checks.lab import serve_mixed\n"
+        "        return serve_mixed([self], x, torch.zeros(x.shape[:-1], dtype=torch.long))"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DELEGATES))
+def test_a_layer_whose_work_is_the_kits_own_code_is_the_kits(tmp_path, case):
+    assert DELEGATES[case] != CORRECT
+    code, report, _ = verdict(write(tmp_path, DELEGATES[case]))
+    assert_not_passed(code, report, "the kit's code", "it ran the kit's own")
+
+
+def test_a_file_cannot_set_a_profiler_or_tracer_that_would_blind_the_kit(tmp_path):
+    code, report, _ = verdict(write(tmp_path, CORRECT + "\nimport sys\nsys.setprofile(None)\n"))
+    assert_not_passed(code, report, "reached into the checking process", "sys.setprofile")
+
+
 def test_a_learners_own_correct_layer_is_not_mistaken_for_the_kits(tmp_path):
     code, report, _ = verdict(write(tmp_path, CORRECT))
     assert code == 0, report
