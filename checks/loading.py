@@ -101,6 +101,12 @@ def _run_notebook(path: Path, namespace: dict, before_cell) -> Finding | None:
     return None
 
 
+def _display(*objects, **_options) -> None:
+    """IPython's `display`, which a notebook may call without importing it: here it prints each object."""
+    for obj in objects:
+        print(repr(obj))
+
+
 def load(path, before_cell=None) -> tuple[type, Finding | None]:
     """Run the learner's file; return its LoRALinear class and, for a notebook, where its run stopped early.
 
@@ -108,7 +114,7 @@ def load(path, before_cell=None) -> tuple[type, Finding | None]:
     path = Path(path)
     stopped = None
     if path.suffix == ".ipynb":
-        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        namespace = {"__name__": "__main__", "__builtins__": builtins, "display": _display}
         stopped = _run_notebook(path, namespace, before_cell)
     else:
         namespace = {"__name__": "learner", "__file__": str(path), "__builtins__": builtins}

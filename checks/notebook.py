@@ -11,12 +11,14 @@ cell left out because they are the kit's, not the learner's, and the verdict doe
     `mine = checks.test_my_checks(my_check_1, base=LoRALinear)` or `LoRALinear = checks.swap_in(LoRALinear)` (so
     the instructor's swap never runs); and a bare name or constant (it only displays). A cell with nothing else
     is skipped; imports always run. Such statements cannot change the learner's class, and they are the slow ones.
-IPython's `%magic` and `!shell` lines become comments. Nothing here imports torch.
+IPython's `%magic` and `!shell` lines become comments where a statement may start. Nothing here imports torch.
 """
 from __future__ import annotations
 
 import ast
+import io
 import json
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +71,24 @@ def code_cells(nb: dict) -> list[Cell]:
 
 
 def without_magics(source: str) -> str:
-    """IPython's %magic and !shell lines become comments: plain Python runs the rest."""
-    return "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    """IPython's %magic and !shell lines become comments: plain Python runs the rest. A line is a magic only where
+    a statement may start, as in IPython: not inside brackets, a string or a backslash continuation, so that
+    `    != self.in_features):` continuing a condition stays code."""
+    kept: list[str] = []
+    for line in source.splitlines():
+        magic = line.lstrip().startswith(("%", "!")) and _statement_may_start(kept)
+        kept.append("# " + line if magic else line)
+    return "\n".join(kept)
+
+
+def _statement_may_start(lines: list[str]) -> bool:
+    """Whether the code in `lines` leaves no bracket, string or backslash continuation open."""
+    try:
+        for _ in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline):
+            pass
+    except (tokenize.TokenError, SyntaxError):  # EOF inside a bracket or a string (or code tokenize cannot read)
+        return False
+    return True
 
 
 def _plain(node) -> bool:

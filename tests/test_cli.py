@@ -232,3 +232,27 @@ def test_the_cli_adds_no_imports_of_its_own(tmp_path):
     path.write_text(USES_MATH.replace("import torch\n", "import torch\nimport sys\n"), encoding="utf-8")
     code, report = run_json(path)
     assert code != 0 and "math" in json.dumps(report)
+
+
+# Round four of the outside review: two valid notebooks that Jupyter runs and the kit once stopped.
+CONTINUED = CORRECT.replace("        down = x @ self.A.T\n", "        if (x.shape[-1]\n                != self.in_features):\n"
+                            "            raise ValueError('wrong width')\n        down = x @ self.A.T\n")
+
+
+def test_a_line_continuing_a_condition_with_bang_equals_is_code_not_a_shell_command(tmp_path):
+    assert CONTINUED != CORRECT
+    code, report = run_json(notebook(tmp_path, CONTINUED))
+    assert code == 0, report
+
+
+def test_magics_become_comments_only_where_a_statement_starts():
+    from checks.notebook import without_magics
+
+    assert without_magics("%%time\nx = 1\n!ls\n  %timeit f()") == "# %%time\nx = 1\n# !ls\n#   %timeit f()"
+    for code in ("y = (1\n     != 2)", "y = 1 \\\n    % 2", 's = """\n!not a command\n"""'):
+        assert without_magics(code) == code, code
+
+
+def test_display_works_without_an_import_as_in_jupyter(tmp_path):
+    code, report = run_json(notebook(tmp_path, CORRECT + "\ndisplay(LoRALinear(4, 3))\n"))
+    assert code == 0, report
