@@ -111,7 +111,7 @@ def _formula(cls, q) -> dict:
     no_dropout = NoDropout if q["train"] else contextlib.nullcontext
     with no_dropout():
         out = forward(layer, x)
-    answer["out_shape"] = list(out.shape)
+    answer["out_shape"], answer["out_dtype"] = list(out.shape), str(out.dtype)
     if list(out.shape) != [*lead, n_out]:
         return answer
     answer["out"] = _rows(out)

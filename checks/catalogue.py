@@ -319,6 +319,23 @@ def mistakes(base: type) -> list[Entry]:
             with torch.no_grad():
                 self.A.copy_(torch.randn(self.A.shape, generator=own) / self.A.shape[0])
 
+    # --- dtypes and the random generator ---------------------------------------------------------------------
+    @entry(1, "forward ends in .float(): a layer moved to float64 still answers in float32")
+    class OutputAlwaysFloat32(base):
+        def forward(self, x):
+            return super().forward(x).float()
+
+    @entry(2, "the low-rank path in float64, never cast back: a float32 input gets a float64 output")
+    class OutputInFloat64(base):
+        def forward(self, x):
+            return self.base(x) + self.scaling * ((x.double() @ self.A.double().T) @ self.B.double().T)
+
+    @entry(5, "forward calls torch.manual_seed: every random draw after it repeats")
+    class ReseedsInForward(base):
+        def forward(self, x):
+            torch.manual_seed(0)
+            return super().forward(x)
+
     # --- check 10: the dense ΔW ------------------------------------------------------------------------------
     @entry(10, "forward builds the dense (out, in) ΔW = B·A")
     class DenseDeltaInForward(base):

@@ -334,6 +334,9 @@ def _judge_formula(q, want, a):
         found.append((4, Finding(f"at {where}, the output has shape {a.get('out_shape')}; expected "
                                  f"{[*q['lead'], q['out']]}", "forward maps (..., in) to (..., out)")))
         return found
+    if a.get("out_dtype") != "torch.float32":
+        found.append((2, Finding(f"at {where}, forward returns {a.get('out_dtype')} for a float32 input",
+                                 "return the output in the input's dtype: cast back with .to(x.dtype)")))
     if q["train"] and a.get("random"):  # dropout written by hand: its mean over many calls, within a quarter of
         if _off(a.get("mean"), want["out"], RANDOM_SLACK * want["low_max"] / (1.0 + want["out_max"])):  # the term
             found.append((7, Finding(f"at {where}, forward is random in train mode, and its mean over many calls is "
@@ -390,7 +393,8 @@ def _judge_train(q, want, a):
     if not end <= 0.25 * start:
         found.append((9, Finding(f"in the kit's own run ({q['steps']} Adam steps on {_call(q)}) the held-out loss "
                                  f"went from {start:.3g} to {end:.3g}, not below a quarter of its start",
-                                 "check that forward uses A and B, that both train, and that A starts random")))
+                                 "check that forward uses A and B, that both train, and that A starts random; "
+                                 "LoRA dropout of p = 0.5 or more also leaves this short run short of it")))
     return found
 
 

@@ -140,6 +140,10 @@ def _moves_whole(cls, bias: bool) -> None:
                       "__init__, a plain tensor attribute?) or casts x to another dtype (x.float()?)",
                       "read self.base, self.A and self.B inside forward, keep x's dtype, and register any other "
                       "tensor as a buffer (self.register_buffer)") from exc
+    if isinstance(out, torch.Tensor) and out.dtype != torch.float64:
+        raise Mistake(f"after layer.to(torch.float64), forward on a float64 input returns {out.dtype}: it casts "
+                      "its output (or x) to a fixed dtype, so the layer cannot run in float64 (or half precision)",
+                      "keep x's dtype throughout forward: no .float() or .to(torch.float32)")
     if not isinstance(out, torch.Tensor) or (steady and gap(out, before) > TOLERANCE):
         raise Mistake("after layer.to(torch.float64), forward gives other values than before it: it reads tensors "
                       "that .to() left behind",
@@ -164,6 +168,10 @@ def starts_at_base(cls) -> str:
         x = _randn(*lead, n_in)
         out = forward(layer, x).detach()
         expected = p.base(x).detach()
+        if out.dtype != x.dtype:
+            raise Mistake(f"forward returns {out.dtype} for a {x.dtype} input: the next layer of a model, in "
+                          f"{x.dtype}, cannot take it (a part of forward computed in another dtype and not cast "
+                          "back?)", "return the output in the input's dtype: cast back with .to(x.dtype)")
         if out.shape == expected.shape and _allclose(out, expected, rtol=0, atol=1e-6):
             continue
         where = f"LoRALinear({n_in}, {n_out}, r={r}, alpha={alpha}, bias={bias})"
@@ -294,6 +302,14 @@ def _deterministic(layer, x) -> None:
         raise Mistake("in eval mode, two calls of forward on the same input give different outputs: something "
                       "random (dropout?) is active outside train mode",
                       "nn.Dropout switches itself off in eval mode; F.dropout needs training=self.training")
+    draws = []
+    for _ in range(2):
+        forward(layer, x)
+        draws.append(torch.rand(8))
+    if _equal(*draws):
+        raise Mistake("forward resets torch's random number generator (torch.manual_seed in forward?): every "
+                      "random draw after a forward repeats, so a training loop's batches, dropout masks and new "
+                      "layers' A repeat too", "seed once, outside the layer; never call torch.manual_seed in forward")
 
 
 def _merged(layer, when: str) -> torch.Tensor:
@@ -694,7 +710,8 @@ def loss_falls(cls) -> str:
         raise Mistake(f"in the checks' own run ({len(run.losses)} Adam steps on a fresh LoRALinear(16, 12, r=2)) "
                       f"the held-out loss went from {run.start_loss:.3g} to {run.end_loss:.3g}, not below a quarter "
                       "of where it started",
-                      "check that forward uses A and B, that both train, and that A starts random")
+                      "check that forward uses A and B, that both train, and that A starts random; LoRA dropout "
+                      "of p = 0.5 or more also leaves this short run short of it (use a smaller p)")
     return (f"held-out loss fell below a quarter of its start in the checks' own run of {len(run.losses)} Adam "
             "steps (rank-2 teacher)")
 

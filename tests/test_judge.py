@@ -145,6 +145,8 @@ BLIND = {
     "BStoredTransposed": "outside the contract: expected to fail nowhere on CPU",
     "FractionScaling": "outside the contract (float α)", "IntAlpha": "outside the contract (float α)",
     "AlphaZeroMeansDefault": "outside the contract (α = 0)", "RandInitA": "outside the contract (uniform A)",
+    "OutputAlwaysFloat32": "float64 (.to(torch.float64)) is tried only in the worker",
+    "ReseedsInForward": "torch's global random generator is watched only in the worker",
 }
 WRONG = {**{m.name: m.cls for m in mistakes(LoRALinear)},
          **{n: c for n, (c, *_) in {**outsider_layers.WRONG, **outsider_layers_2.WRONG,
