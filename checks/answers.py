@@ -3,7 +3,9 @@
 Each answer reports what happened, not whether it was right: outputs, the change one gradient step makes to A and
 B, merged_weight(), the parameters after a training run. The parent compares them with the formula. A gradient is
 reported as that change (A before the step, minus A after one step of size 1 on every trainable parameter), so A
-and B may be parameters or views of parameters (a transpose, a slice of one packed parameter) alike.
+and B may be parameters or views of parameters (a transpose, a slice of one packed parameter) alike. While the
+layer answers, KitCalls notes any function of the kit's checks/ that runs inside it: a layer whose work is the
+kit's own code is the kit's (checks/isolated.py says so).
 """
 from __future__ import annotations
 

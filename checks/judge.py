@@ -10,13 +10,16 @@ Python floats from its own numbers. Every number it sends is a multiple of 1/256
 and in JSON. A submission can still say anything over the channel, but to pass it must answer like a correct LoRA
 layer on inputs it could not predict: that is the exercise itself.
 
-What is judged here, by check: 1 the count of trainable numbers; 2 the output at init equals base(x); 3 the base
-is bit for bit what it was after training; 4 shapes of A, B and the output, and the defaults r=4, α=8, bias=True;
-5 merged_weight(); 6 a gradient reaches x, A and B; 7 the output and the gradients for x, A and B, with autograd on
-and under torch.no_grad(); 8 B zero, A finite, full rank, random and reproducible; 9 the held-out loss after 200
-Adam steps falls below a quarter of its start, from the layer's own output, which must also be the formula's for
-the A and B it ended with. Checks 10 and 11 (no dense ΔW, the input left as it was) are about how forward computes,
-which only the worker can watch.
+What is judged here, by check: 1 the count of trainable numbers; 2 the output at init equals base(x), and an
+output keeps the input's float32; 3 the base is bit for bit what it was after training; 4 shapes of A, B and the
+output, the attributes, and the defaults r=4, α=8, bias=True; 5 merged_weight(), before and after W0, A and B
+change in place; 6 a gradient reaches x, A and B; 7 the output and the gradients for x, A and B, with autograd on
+and under torch.no_grad(), before and after the tensors change (a train-mode forward that is random: its mean over
+many calls); 8 B zero, A finite, full rank, random, reproducible under a seed and another for the next layer
+built; 9 the held-out loss after 200 Adam steps falls below a quarter of its start, from the layer's own output,
+which must also be the formula's for the A and B it ended with. Checks 10 and 11 (no dense ΔW, the input left as
+it was) are about how forward computes, which only the worker can watch. Answers are read defensively: anything
+but floats where numbers belong, a NaN or an infinity, is off.
 """
 from __future__ import annotations
 
