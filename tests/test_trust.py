@@ -4,8 +4,10 @@ the grader, the other submissions or the reports. Each test is one attack; each 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import py_compile
 import shutil
 import signal
 import subprocess
@@ -544,6 +546,9 @@ OUTSIDER_FORGES["judge_bytecode_read"] = (
 
 @pytest.mark.parametrize("case", sorted(OUTSIDER_FORGES))
 def test_an_outsiders_forgery_is_refused_and_named(tmp_path, case):
+    if case == "judge_bytecode_read":  # the bytecode a normal import leaves (not written with PYTHONDONTWRITEBYTECODE)
+        source = ROOT / "checks" / "judge.py"
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
     code, report, _ = verdict(write(tmp_path, B_RANDOM + OUTSIDER_FORGES[case]))
     assert_not_passed(code, report, "reached into the checking process")
 
@@ -602,7 +607,7 @@ JUDGED_FORGES = {
         '            send("answer", n=n, answer={})\n', ""),
     # eleven passes, and the questions answered by the kit's own answering code with the file's (broken) layer
     "forged_passes_with_the_layers_true_answers": "\nimport checks.answers\n"
-    + _WALK.replace("ANSWER(question)", "checks.answers.answer(LoRALinear, question)"),
+    + _WALK.replace("ANSWER(question)", 'checks.answers.answer(LoRALinear, question, guard=f.f_locals["watch"])'),
     # eleven passes, and answers made up from the question itself (its W0 as the merge, its x as the output)
     "forged_passes_with_made_up_answers": _WALK.replace(
         "ANSWER(question)", '{k: question.get(v) for k, v in (("merged", "W0"), ("out", "x"), ("out_shape", "lead"), '
