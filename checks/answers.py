@@ -113,7 +113,7 @@ def _formula(cls, q) -> dict:
     no_dropout = NoDropout if q["train"] else contextlib.nullcontext
     with no_dropout():
         out = forward(layer, x)
-    answer["out_shape"], answer["out_dtype"] = list(out.shape), str(out.dtype)
+    answer["out_shape"], answer["out_dtype"], answer["in_dtype"] = list(out.shape), str(out.dtype), str(x.dtype)
     if list(out.shape) != [*lead, n_out]:
         return answer
     answer["out"] = _rows(out)
@@ -185,14 +185,18 @@ class KitCalls:
     layer: entered while one of the layer's own frames (neither the kit's, torch's nor the standard library's) is
     on the stack above where answering began. A layer that hands its work to the kit's own formula
     (checks.oracle.formula, the lab's forward, sanity's merge) is the kit's code, however its class was written.
-    The kit's TorchFunctionModes (dropout off) run inside every forward by design and are left out. Threads the
-    layer starts are not followed."""
+    The kit's dropout switch (a TorchFunctionMode) runs inside every forward by design, and a notebook's display()
+    and get_ipython() stand-ins are the kit's only by where they live: both are left out. Threads the layer starts,
+    and code compiled under another file's name, are not followed."""
 
     _LIBRARY = tuple({os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.__file__) + os.sep,
                       sysconfig.get_paths()["purelib"] + os.sep, sysconfig.get_paths()["platlib"] + os.sep})
 
+    _ALLOWED = {NoDropout.__torch_function__.__code__}  # the kit's dropout switch, inside every forward by design
+
     def __init__(self):
         self.kit = os.path.dirname(__file__) + os.sep
+        self.stand_ins = os.path.join(self.kit, "loading.py")  # a notebook's display() and get_ipython()
         self.found: list[str] = []
         self.start = None
 
@@ -200,7 +204,8 @@ class KitCalls:
         if event != "call":
             return
         code = frame.f_code
-        if not code.co_filename.startswith(self.kit) or code.co_name == "__torch_function__":
+        kit = code.co_filename.startswith(self.kit) or str(frame.f_globals.get("__name__", "")).startswith("checks.")
+        if not kit or code in self._ALLOWED or code.co_filename == self.stand_ins:
             return
         f = frame.f_back
         while f is not None and f is not self.start:
@@ -216,14 +221,16 @@ class KitCalls:
     def watching(self, guard=None):
         """Profile this thread while the body runs; `guard` (checks/guard.py) lets the kit set it and no one else."""
         allowed = guard.setting_hooks if guard is not None else contextlib.nullcontext
+        answering = guard.watching if guard is not None else contextlib.nullcontext
         self.start = sys._getframe(2)  # the caller of `with watching()`: frames below it are not the layer's
-        with allowed():
-            sys.setprofile(self)
-        try:
-            yield self
-        finally:
+        with answering():
             with allowed():
-                sys.setprofile(None)
+                sys.setprofile(self)
+            try:
+                yield self
+            finally:
+                with allowed():
+                    sys.setprofile(None)
 
 
 def answer(cls, question: dict, guard=None) -> dict:

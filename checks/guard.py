@@ -3,7 +3,8 @@
 Learner code runs in the process that checks it, so Python's introspection is open to it. A Python audit hook
 (PEP 578), which cannot be removed once added, refuses and records what a layer never needs and a forged verdict
 does: searching the process's memory (gc.get_objects and its kin, ctypes), rewriting the code of the kit's
-functions, setting a profiler or tracer (which would replace the kit's own watch, checks/answers.py), and importing or reading the kit's reference solution, its tests, or its judge (checks/judge.py, which
+functions, setting a profiler or tracer while the layer answers (which would blind the kit's own watch,
+checks/answers.py) or an audit hook of its own, and importing or reading the kit's reference solution, its tests, or its judge (checks/judge.py, which
 works out what a correct layer answers the parent's questions and which the worker never needs). A refused
 operation raises PermissionError where it was attempted, and the worker reports every refusal; the parent fails
 the file.
@@ -47,6 +48,7 @@ class Guard:
         self.refused: list[str] = []
         self.kit_io = False  # set while the kit itself reads sources (provenance), never while learner code runs
         self.kit_hooks = False  # set while the kit itself sets its profile function (checks/answers.py)
+        self.answering = False  # set while the layer answers the parent's questions under the kit's profile watch
 
     def __call__(self, event: str, args: tuple) -> None:
         why = self._why(event, args)
@@ -59,8 +61,10 @@ class Guard:
             return f"{event}(), a search of the checking process's memory"
         if event.startswith("ctypes."):
             return f"{event}, raw access to the checking process's memory"
-        if event in ("sys.setprofile", "sys.settrace") and not self.kit_hooks:
-            return f"{event}(), which would replace the kit's watch on what runs inside the layer"
+        if event in ("sys.setprofile", "sys.settrace") and self.answering and not self.kit_hooks:
+            return f"{event}() while the layer answered, which would blind the kit's watch on what runs inside it"
+        if event == "sys.addaudithook":
+            return "sys.addaudithook(), a hook of the file's own (the kit's watch pauses inside audit hooks)"
         if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
             module = getattr(args[0], "__module__", "") or ""
             if module == "checks" or module.startswith("checks."):
@@ -84,6 +88,15 @@ class Guard:
             yield
         finally:
             self.kit_hooks = False
+
+    @contextlib.contextmanager
+    def watching(self):
+        """While the layer answers under the kit's profile watch: no one else may set a profiler or tracer."""
+        self.answering = True
+        try:
+            yield
+        finally:
+            self.answering = False
 
     @contextlib.contextmanager
     def reading_sources(self):

@@ -11,7 +11,7 @@ and in JSON. A submission can still say anything over the channel, but to pass i
 layer on inputs it could not predict: that is the exercise itself.
 
 What is judged here, by check: 1 the count of trainable numbers; 2 the output at init equals base(x), and an
-output keeps the input's float32; 3 the base is bit for bit what it was after training; 4 shapes of A, B and the
+output keeps the input's dtype; 3 the base is bit for bit what it was after training; 4 shapes of A, B and the
 output, the attributes, and the defaults r=4, α=8, bias=True; 5 merged_weight(), before and after W0, A and B
 change in place; 6 a gradient reaches x, A and B; 7 the output and the gradients for x, A and B, with autograd on
 and under torch.no_grad(), before and after the tensors change (a train-mode forward that is random: its mean over
@@ -337,8 +337,8 @@ def _judge_formula(q, want, a):
         found.append((4, Finding(f"at {where}, the output has shape {a.get('out_shape')}; expected "
                                  f"{[*q['lead'], q['out']]}", "forward maps (..., in) to (..., out)")))
         return found
-    if a.get("out_dtype") != "torch.float32":
-        found.append((2, Finding(f"at {where}, forward returns {a.get('out_dtype')} for a float32 input",
+    if a.get("out_dtype") != a.get("in_dtype") or a.get("out_dtype") is None:
+        found.append((2, Finding(f"at {where}, forward returns {a.get('out_dtype')} for a {a.get('in_dtype')} input",
                                  "return the output in the input's dtype: cast back with .to(x.dtype)")))
     if q["train"] and a.get("random"):  # dropout written by hand: its mean over many calls, within a quarter of
         if _off(a.get("mean"), want["out"], RANDOM_SLACK * want["low_max"] / (1.0 + want["out_max"])):  # the term

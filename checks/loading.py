@@ -57,11 +57,13 @@ def _run_cell(cell: notebook.Cell, source, name: str, namespace: dict) -> None:
     where = f"cell {cell.number} (`{cell.first_line}`)"
     hint = "run the notebook top to bottom (Restart & Run all) to see the error in place"
     filename = f"<{name} cell {cell.number}>"
+    if isinstance(namespace.get("get_ipython"), _Shell):
+        namespace["get_ipython"].filename = filename  # where a %%time cell's body is compiled
     try:
         if isinstance(source, str):
             code = _compile(source, filename)
         else:  # the cell's own text is what tracebacks and inspect.getsource show
-            _compile(notebook.without_magics(cell.source), filename)
+            _compile(notebook.to_python(cell.source), filename)
             code = compile(source, filename, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise _CellFailed(Finding(f"the notebook stopped at {where}: SyntaxError: {exc.msg} (line {exc.lineno} of "
@@ -89,7 +91,7 @@ def _run_notebook(path: Path, namespace: dict, before_cell) -> Finding | None:
             try:
                 source = notebook.learner_part(cell.source, kit_names)
             except SyntaxError:
-                source = notebook.without_magics(cell.source)  # compiled as it is, to report the error
+                source = notebook.to_python(cell.source)  # compiled as it is, to report the error
             if source is None:
                 continue
         if before_cell:
@@ -107,6 +109,65 @@ def _display(*objects, **_options) -> None:
         print(repr(obj))
 
 
+class _NotRun:
+    """What a skipped statement of the kit (`results = checks.run_all(...)`) leaves in its names: reading,
+    printing, calling or iterating it works, so a later cell that uses it still runs."""
+
+    def __repr__(self) -> str:
+        return "<not run by the grader>"
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __getitem__(self, key):
+        return self
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+
+class _Shell:
+    """The get_ipython() of a notebook run by the worker: magics, shell lines and help do nothing, except the cell
+    magics whose body is Python (%%time, %%timeit, %%capture, %%prun), whose body runs once, here."""
+
+    PYTHON_BODIES = ("time", "timeit", "capture", "prun")
+
+    def __init__(self, namespace: dict):
+        self.namespace, self.filename = namespace, "<cell>"
+
+    def __call__(self):  # bound as `get_ipython` itself
+        return self
+
+    def run_cell_magic(self, name, line, body):
+        if name in self.PYTHON_BODIES:
+            exec(_compile(notebook.to_python(body), self.filename), self.namespace)
+
+    def run_line_magic(self, name, line, *args, **kwargs):
+        return None
+
+    def system(self, command, *args, **kwargs):
+        return None
+
+    def getoutput(self, command, *args, **kwargs):
+        return []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
 def load(path, before_cell=None) -> tuple[type, Finding | None]:
     """Run the learner's file; return its LoRALinear class and, for a notebook, where its run stopped early.
 
@@ -114,7 +175,9 @@ def load(path, before_cell=None) -> tuple[type, Finding | None]:
     path = Path(path)
     stopped = None
     if path.suffix == ".ipynb":
-        namespace = {"__name__": "__main__", "__builtins__": builtins, "display": _display}
+        namespace = {"__name__": "__main__", "__builtins__": builtins, "display": _display,
+                     notebook.NOT_RUN: _NotRun()}
+        namespace["get_ipython"] = _Shell(namespace)
         stopped = _run_notebook(path, namespace, before_cell)
     else:
         namespace = {"__name__": "learner", "__file__": str(path), "__builtins__": builtins}

@@ -11,7 +11,9 @@ cell left out because they are the kit's, not the learner's, and the verdict doe
     `mine = checks.test_my_checks(my_check_1, base=LoRALinear)` or `LoRALinear = checks.swap_in(LoRALinear)` (so
     the instructor's swap never runs); and a bare name or constant (it only displays). A cell with nothing else
     is skipped; imports always run. Such statements cannot change the learner's class, and they are the slow ones.
-IPython's `%magic` and `!shell` lines become comments where a statement may start. Nothing here imports torch.
+IPython's syntax (magics, shell lines, `obj?`) is turned into Python by IPython's own transformer (to_python). An
+assignment of a kit call that is skipped binds its names to a stand-in, so later cells that read them still run.
+Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -70,6 +72,23 @@ def code_cells(nb: dict) -> list[Cell]:
             for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
 
 
+NOT_RUN = "__grader_not_run__"  # the name a skipped kit assignment binds its targets to (checks/loading.py)
+
+
+def to_python(source: str) -> str:
+    """A cell as plain Python: IPython's own transformer turns magics, shell lines and `obj?` into calls of
+    get_ipython() (the worker defines a stand-in, checks/loading.py), exactly where IPython would; without IPython,
+    magic and shell lines become comments (without_magics)."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:
+        return without_magics(source)
+    try:
+        return TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001  IPython could not read the cell: compile it as it is, to name the error
+        return without_magics(source)
+
+
 def without_magics(source: str) -> str:
     """IPython's %magic and !shell lines become comments: plain Python runs the rest. A line is a magic only where
     a statement may start, as in IPython: not inside brackets, a string or a backslash continuation, so that
@@ -118,21 +137,27 @@ def kit_statement(node, kit_names) -> bool:
 def learner_part(source: str, kit_names: set) -> ast.Module | None:
     """The cell's statements without the kit's (None when nothing is left); the names it imports from `checks`
     join `kit_names`. Raises SyntaxError for a cell that does not parse."""
-    tree = ast.parse(without_magics(source))
+    tree = ast.parse(to_python(source))
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "checks":
             kit_names.update(alias.asname or alias.name for alias in node.names)
-    kept = [node for node in tree.body if not kit_statement(node, kit_names)]
+    kept = []
+    for node in tree.body:
+        if not kit_statement(node, kit_names):
+            kept.append(node)
+        elif isinstance(node, ast.Assign):  # names it would bind anew are bound to a stand-in, so later cells
+            for target in node.targets:    # that read them run; a name already bound (LoRALinear) keeps its value
+                kept += ast.parse(f"if {target.id!r} not in globals():\n    {target.id} = {NOT_RUN}\n").body
     if not kept:
         return None
     tree.body = kept
-    return tree
+    return ast.fix_missing_locations(tree)
 
 
 def setup_imports(source: str) -> str:
     """What a check run executes for the setup cell: its top-level imports, then `import checks` (the grader's)."""
     try:
-        body = ast.parse(without_magics(source)).body
+        body = ast.parse(to_python(source)).body
     except SyntaxError:
         body = []
     imports = [ast.unparse(node) for node in body if isinstance(node, (ast.Import, ast.ImportFrom))]

@@ -256,3 +256,33 @@ def test_magics_become_comments_only_where_a_statement_starts():
 def test_display_works_without_an_import_as_in_jupyter(tmp_path):
     code, report = run_json(notebook(tmp_path, CORRECT + "\ndisplay(LoRALinear(4, 3))\n"))
     assert code == 0, report
+
+
+# Round five of the outside review: valid notebooks Jupyter runs that the kit once stopped (or failed as the kit's
+# code). IPython's own transformer now reads the cells; a skipped kit assignment leaves its names bound.
+VALID_CELLS = {
+    "display_inside_forward": (CORRECT.replace("        down = x @ self.A.T\n",
+                                               "        display(x.shape)\n        down = x @ self.A.T\n"), []),
+    "latex_cell_magic": (CORRECT, ["%%latex\n\\alpha / r\n"]),
+    "line_magic_assigned": (CORRECT, ["t = %timeit -o -n1 -r1 sum(range(3))\n"]),
+    "shell_output_assigned": (CORRECT, ["files = !ls\nprint(files)\n"]),
+    "magic_indented_in_a_loop": (CORRECT, ["for _ in range(2):\n    %timeit -n1 -r1 sum(range(3))\n"]),
+    "help_query": (CORRECT, ["LoRALinear?\n", "LoRALinear.forward??\n"]),
+    "pip_line_continued": (CORRECT, ["%pip install \\\n    tqdm\n"]),
+    "a_profiler_while_loading": (CORRECT, ["import cProfile\ncProfile.run('sum(range(10))')\n"]),
+    "time_cell_magic_around_the_class": ("%%time\n" + CORRECT, []),
+    "kit_results_read_later": (CORRECT, ["results = checks.run_all(LoRALinear)\n", "print(results)\n",
+                                         "clock = checks.DrillClock()\n", "print(len(clock.laps))\n"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALID_CELLS))
+def test_a_valid_notebook_runs_as_jupyter_would(tmp_path, case):
+    stub, after = VALID_CELLS[case]
+    code, report = run_json(notebook(tmp_path, stub, after=after))
+    assert code == 0, report
+
+
+def test_a_layer_in_a_float64_world_is_judged_in_its_own_dtype(learner_file):
+    code, report = run_json(learner_file("import torch\ntorch.set_default_dtype(torch.float64)\n" + CORRECT))
+    assert code == 0, report

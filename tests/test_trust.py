@@ -220,9 +220,44 @@ def test_a_layer_whose_work_is_the_kits_own_code_is_the_kits(tmp_path, case):
     assert_not_passed(code, report, "the kit's code", "it ran the kit's own")
 
 
-def test_a_file_cannot_set_a_profiler_or_tracer_that_would_blind_the_kit(tmp_path):
-    code, report, _ = verdict(write(tmp_path, CORRECT + "\nimport sys\nsys.setprofile(None)\n"))
+def test_a_layer_cannot_set_a_profiler_or_tracer_that_would_blind_the_kit(tmp_path):
+    """While it answers the parent's questions; a notebook may profile itself while it loads (round five)."""
+    blinds = CORRECT.replace("        down = x @ self.A.T\n", "        __import__('sys').setprofile(None)\n"
+                                                             "        down = x @ self.A.T\n")
+    code, report, _ = verdict(write(tmp_path, blinds))
     assert_not_passed(code, report, "reached into the checking process", "sys.setprofile")
+    code, report, _ = verdict(write(tmp_path, "import sys\nsys.setprofile(None)\n" + CORRECT, "loads.py"))
+    assert code == 0, report
+
+
+# Round five: the kit's formula reached by ways that hide its file or name, or from inside an audit hook.
+_FORWARD = "        down = x @ self.A.T\n        return self.base(x) + self.scaling * (down @ self.B.T)"
+_ORACLE_CALL = ("zeros = torch.zeros(*x.shape[:-1], self.out_features)\n        return {f}(x, self.base.weight, "
+                "self.base.bias, self.A, self.B, self.scaling, zeros).out.float()")
+_DEEP = """
+import types
+def _deep(code, **changes):  # the code object and every one nested in it, changed alike
+    consts = tuple(_deep(c, **changes) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_consts=consts, **changes)
+"""
+HIDDEN_DELEGATES = {
+    "a_copy_under_another_file_name_with_the_kits_globals": _DEEP + CORRECT.replace(
+        _FORWARD, "        import checks.oracle as o\n"
+        "        f = types.FunctionType(_deep(o.formula.__code__, co_filename='mine.py'), o.formula.__globals__)\n"
+        "        " + _ORACLE_CALL.format(f="f")),
+    "renamed_as_the_kits_dropout_switch": _DEEP + CORRECT.replace(
+        _FORWARD, "        import checks.oracle as o\n"
+        "        f = types.FunctionType(_deep(o.formula.__code__, co_name='__torch_function__'), "
+        "o.formula.__globals__)\n        " + _ORACLE_CALL.format(f="f")),
+    "called_from_an_audit_hook_of_its_own": CORRECT + "\nimport sys\nsys.addaudithook(lambda *a: None)\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HIDDEN_DELEGATES))
+def test_the_kits_code_in_disguise_is_still_the_kits(tmp_path, case):
+    code, report, _ = verdict(write(tmp_path, HIDDEN_DELEGATES[case]))
+    assert_not_passed(code, report)
+    assert "the kit's code" in report.get("error", "") or "reached into" in report.get("error", ""), report
 
 
 def test_a_learners_own_correct_layer_is_not_mistaken_for_the_kits(tmp_path):
