@@ -49,7 +49,10 @@ def _run_file(path: Path, namespace: dict) -> None:
         raise LoadError(f"{path.name} called sys.exit({exc.code!r}) while being loaded",
                         "remove the exit; the checks need the file to define LoRALinear and return") from exc
     except Exception as exc:
-        raise LoadError(f"running {path.name} raised {describe(exc)}", "fix the error and run again") from exc
+        hint = ("the file is checked on its own (graded from a copy, alone in its folder): put helpers in the file "
+                "itself, not in a module beside it" if isinstance(exc, ModuleNotFoundError) else
+                "fix the error and run again")
+        raise LoadError(f"running {path.name} raised {describe(exc)}", hint) from exc
 
 
 def _run_cell(cell: notebook.Cell, source, name: str, namespace: dict) -> None:

@@ -286,3 +286,11 @@ def test_a_valid_notebook_runs_as_jupyter_would(tmp_path, case):
 def test_a_layer_in_a_float64_world_is_judged_in_its_own_dtype(learner_file):
     code, report = run_json(learner_file("import torch\ntorch.set_default_dtype(torch.float64)\n" + CORRECT))
     assert code == 0, report
+
+
+def test_a_helper_module_beside_the_file_is_named_as_not_importable(tmp_path):
+    (tmp_path / "lora_helpers.py").write_text("def down(x, A):\n    return x @ A.T\n", encoding="utf-8")
+    path = tmp_path / "layer.py"
+    path.write_text("from lora_helpers import down\n" + CORRECT, encoding="utf-8")
+    code, report = run_json(path)
+    assert code == 2 and "ModuleNotFoundError" in report["error"] and "beside it" in report["hint"], report
