@@ -193,7 +193,7 @@ def load(path, before_cell=None) -> tuple[type, Finding | None]:
     classes = [k for k, v in namespace.items() if isinstance(v, type) and not k.startswith("_")]
     near = difflib.get_close_matches("LoRALinear", classes, n=1, cutoff=0.6)
     found = f"; it defines {', '.join(classes[:5])}" if classes else ""
-    seen = f" (LoRALinear is a {type(cls).__name__})" if cls is not None else ""
+    seen = f" (LoRALinear is a {type(cls).__name__})" if cls is not None and not isinstance(cls, _NotRun) else ""
     hint = f"rename {near[0]} to LoRALinear" if near else "define `class LoRALinear(nn.Module)`"
     what = "the notebook never defined" if path.suffix == ".ipynb" else f"{path.name} does not define"
     after = f"; {stopped.message}" if stopped else ""

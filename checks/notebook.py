@@ -146,8 +146,9 @@ def learner_part(source: str, kit_names: set) -> ast.Module | None:
         if not kit_statement(node, kit_names):
             kept.append(node)
         elif isinstance(node, ast.Assign):  # names it would bind anew are bound to a stand-in, so later cells
-            for target in node.targets:    # that read them run; a name already bound (LoRALinear) keeps its value
-                kept += ast.parse(f"if {target.id!r} not in globals():\n    {target.id} = {NOT_RUN}\n").body
+            for target in node.targets:    # that read them run; a name already bound keeps its value, and
+                if target.id != "LoRALinear":  # LoRALinear (the swap's) is the learner's class or nothing
+                    kept += ast.parse(f"if {target.id!r} not in globals():\n    {target.id} = {NOT_RUN}\n").body
     if not kept:
         return None
     tree.body = kept
