@@ -81,31 +81,24 @@ class Guard:
         return ""
 
     @contextlib.contextmanager
+    def _while(self, flag: str):
+        setattr(self, flag, True)
+        try:
+            yield
+        finally:
+            setattr(self, flag, False)
+
     def setting_hooks(self):
         """The kit sets and clears its own profile function (checks/answers.py): allowed, and only then."""
-        self.kit_hooks = True
-        try:
-            yield
-        finally:
-            self.kit_hooks = False
+        return self._while("kit_hooks")
 
-    @contextlib.contextmanager
     def watching(self):
         """While the layer answers under the kit's profile watch: no one else may set a profiler or tracer."""
-        self.answering = True
-        try:
-            yield
-        finally:
-            self.answering = False
+        return self._while("answering")
 
-    @contextlib.contextmanager
     def reading_sources(self):
         """The kit reads source files itself (provenance): allowed, and only then."""
-        self.kit_io = True
-        try:
-            yield
-        finally:
-            self.kit_io = False
+        return self._while("kit_io")
 
 
 def install(kit_root: str, learner_file: str) -> Guard:
