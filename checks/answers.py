@@ -17,9 +17,10 @@ import sysconfig
 import torch
 from torch.nn import functional as F
 
-from checks.oracle import NoDropout
+from checks.oracle import NoDropout, laid_out
 from checks.probe import Adam, Mistake, build, describe, forward, make, parts
 from checks.runner import one_thread
+from checks.sanity import scaling_value
 from checks.verdict import cut
 
 _tensor, _no_grad = torch.tensor, torch.no_grad
@@ -38,19 +39,6 @@ def _set(layer, **values) -> None:
         for name, t in (("W0", p.base.weight), ("b", p.base.bias), ("A", p.A), ("B", p.B)):
             if name in values and t is not None and values[name] is not None:
                 t.copy_(_tensor(values[name], dtype=t.dtype))
-
-
-def _laid_out(x: torch.Tensor, contiguous: bool) -> torch.Tensor:
-    """x with the same values, strided the way the oracle strides its inputs when not contiguous."""
-    if contiguous:
-        return x.clone()
-    if x.dim() >= 3:
-        return x.transpose(0, 1).contiguous().transpose(0, 1)
-    if x.shape[0] > 1:
-        return x.T.contiguous().T
-    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1])
-    wide[..., ::2] = x
-    return wide[..., ::2]
 
 
 def _init(cls, q) -> dict:
@@ -82,7 +70,7 @@ def _defaults(cls, q) -> dict:
 
 
 def _number(value):
-    """A layer attribute as a float when it is a real number of any type; None otherwise."""
+    """A layer attribute (in_features, out_features, r) as a float when it is a number; None otherwise."""
     try:
         return float(value)
     except Exception:  # noqa: BLE001  missing, not a number, or a tensor of many numbers
@@ -103,12 +91,12 @@ def _listed(merged):
 def _formula(cls, q) -> dict:
     layer = make(cls, q["in"], q["out"], r=q["r"], alpha=q["alpha"], bias=q["bias"])
     layer.train(q["train"])
-    answer = {"attrs": {name: _number(getattr(layer, name, None))
-                        for name in ("in_features", "out_features", "r", "scaling")}}
+    answer = {"attrs": {name: _number(getattr(layer, name, None)) for name in ("in_features", "out_features", "r")}}
+    answer["attrs"]["scaling"] = scaling_value(layer)  # as check 7 reads it
     _set(layer, W0=q["W0"], b=q["b"], A=q["A"], B=q["B"])
     merged = _merged(layer)  # kept as returned: read again at the end, after more calls
     lead, n_in, n_out = tuple(q["lead"]), q["in"], q["out"]
-    x = _laid_out(_tensor(q["x"]).reshape(*lead, n_in), q["contiguous"]).requires_grad_(True)
+    x = laid_out(_tensor(q["x"]).reshape(*lead, n_in), q["contiguous"]).requires_grad_(True)
     g = _tensor(q["g"]).reshape(*lead, n_out)
     no_dropout = NoDropout if q["train"] else contextlib.nullcontext
     with no_dropout():

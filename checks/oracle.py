@@ -50,15 +50,7 @@ class Config:
 
     def input(self, requires_grad: bool = False) -> torch.Tensor:
         """x of shape (*lead, in): when not contiguous, strided so that neither .view nor raw storage reads work."""
-        shape = (*self.lead, self.in_features)
-        if self.contiguous:
-            x = _randn(*shape)
-        elif len(self.lead) >= 2:  # two leading dimensions swapped: x.view(-1, in) raises on it
-            x = _randn(self.lead[1], self.lead[0], *self.lead[2:], self.in_features).transpose(0, 1)
-        elif self.rows > 1:  # (rows, in) as the transpose of an (in, rows) tensor
-            x = _randn(self.in_features, *self.lead).movedim(0, -1)
-        else:  # one row: every other number of a longer one
-            x = _randn(*self.lead, 2 * self.in_features)[..., ::2]
+        x = laid_out(_randn(*self.lead, self.in_features), self.contiguous)
         return x.requires_grad_(requires_grad) if requires_grad else x
 
     def __str__(self) -> str:
@@ -66,6 +58,21 @@ class Config:
         mode = "train mode (dropout off)" if self.train else "eval mode"
         return (f"{call_text(self.in_features, self.out_features, self.r, self.alpha, self.bias)}, "
                 f"{len(self.lead) + 1}-D{layout} input {(*self.lead, self.in_features)}, {mode}")
+
+
+def laid_out(x: torch.Tensor, contiguous: bool) -> torch.Tensor:
+    """A new tensor with x's values; when not contiguous, strided so that neither .view nor raw storage reads work:
+    two leading dimensions swapped (x.view(-1, in) raises on it), (rows, in) as the transpose of an (in, rows)
+    tensor, or one row as every other number of a longer one."""
+    if contiguous:
+        return x.clone()
+    if x.dim() >= 3:
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+    if x.dim() == 2 and x.shape[0] > 1:
+        return x.T.contiguous().T
+    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+    wide[..., ::2] = x
+    return wide[..., ::2]
 
 
 def configs(count: int = 24, seed: int = 2106) -> list[Config]:

@@ -55,7 +55,7 @@ def _changed_by_forward(layer, before: dict) -> tuple[str, str] | None:
             "remove in-place writes to parameters (.data, +=, mul_, renorm_) from forward")
 
 
-def _scaling_value(layer) -> float | None:
+def scaling_value(layer) -> float | None:
     """layer.scaling as a float when it is a real number of any type (int, float, Fraction, numpy, 0-d tensor)."""
     s = getattr(layer, "scaling", None)
     if isinstance(s, torch.Tensor):
@@ -257,7 +257,7 @@ def shapes(cls) -> str:
                               "dimensions: x @ A.T, then @ B.T")
     default = build(cls, "LoRALinear(12, 8)", 12, 8)  # the defaults left out, as a learner writes the call
     p = parts(default)
-    s = _scaling_value(default)
+    s = scaling_value(default)
     problems = []
     if tuple(p.A.shape) != (4, 12) or getattr(default, "r", None) != 4:
         problems.append(f"r is {getattr(default, 'r', tuple(p.A.shape)[0])!r}, not 4")
@@ -605,7 +605,7 @@ def formula_matches(cls) -> str:
     drawn = configs()
     for config in drawn[:6]:
         layer = config.build(cls)
-        s = _scaling_value(layer)
+        s = scaling_value(layer)
         if s is None or not abs(s - config.scaling) <= 1e-6 * config.scaling:  # a NaN fails too
             raise Mistake(f"layer.scaling is {getattr(layer, 'scaling', None)!r} for r={config.r}, "
                           f"alpha={config.alpha}; expected α/r = {config.scaling:.4g}",
